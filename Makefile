@@ -1,0 +1,70 @@
+# shardws: every target installs what it needs first.
+PY        ?= python3
+VENV      ?= .venv
+VPY       := $(VENV)/bin/python
+SHARED    ?= $(abspath ../shared)
+ABV       ?= /tmp/abv
+STAMP     := $(VENV)/.installed-dev
+
+.PHONY: all install test lint typecheck pytest autobahn-quick conformance run bench bench-protocol bench-bus loadtest clean
+
+all: test
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel
+
+$(STAMP): $(VPY) pyproject.toml setup.py shardws/_speedups.c
+	$(VPY) -m pip install -q -e '.[dev,redis,loadtest]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check shardws tests scripts examples compliance
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy shardws
+
+# The protocol tests run twice: with the C speedups and with the pure fallback.
+pytest: $(STAMP)
+	rm -f .coverage .coverage.*
+	$(VENV)/bin/coverage run -m pytest -q -p no:cacheprovider tests
+	SHARDWS_NO_SPEEDUPS=1 $(VENV)/bin/coverage run -m pytest -q -p no:cacheprovider tests/protocol
+	$(VENV)/bin/coverage combine -q
+	$(VENV)/bin/coverage report --include='shardws/protocol/*'
+	$(VENV)/bin/coverage report --fail-under=95 --include='shardws/protocol/*' > /dev/null || \
+	  (echo "branch coverage of shardws/protocol/ is below 95 %"; exit 1)
+	$(VENV)/bin/coverage report --include='shardws/*' | tail -1
+
+$(ABV)/bin/wstest:
+	bash $(SHARED)/conformance/install_autobahn.sh $(ABV)
+
+# Quick Autobahn|Testsuite subset (groups 1-7 and 10) against compliance/echo.py.
+autobahn-quick: $(STAMP) $(ABV)/bin/wstest
+	$(VPY) scripts/run_autobahn.py --cases '1.*,2.*,3.*,4.*,5.*,6.*,7.*,10.*' --report reports/autobahn-quick
+
+# All 517 cases, with permessage-deflate and without.
+conformance: $(STAMP) $(ABV)/bin/wstest
+	$(VPY) scripts/run_autobahn.py --cases '*' --report reports/autobahn-deflate
+	$(VPY) scripts/run_autobahn.py --cases '*' --no-compression --report reports/autobahn-plain
+
+test: lint typecheck pytest autobahn-quick
+
+run: $(STAMP)
+	$(VENV)/bin/shardws serve examples.echo:handler --host 127.0.0.1 --port 8000 --workers 2
+
+bench-protocol: $(STAMP)
+	$(VPY) scripts/bench_protocol.py
+
+bench: $(STAMP)
+	$(VPY) scripts/bench.py
+
+bench-bus: $(STAMP)
+	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
+	$(VPY) scripts/bench_bus.py
+
+clean:
+	rm -rf build dist *.egg-info .coverage .coverage.* htmlcov .mypy_cache .ruff_cache .pytest_cache reports
+	find . -name __pycache__ -prune -exec rm -rf {} +
+	rm -f shardws/*.so
