@@ -1,0 +1,427 @@
+/*
+ * shardws._speedups: C versions of the protocol hot paths.
+ *
+ * Every function here has a pure-Python twin in shardws/speedups.py with the
+ * same results and the same exceptions (type and message) for bad input;
+ * tests/test_speedups.py checks the two against each other.
+ *
+ *   apply_mask(data, mask, /) -> bytes
+ *   unmask_inplace(buffer, mask, offset=0, /) -> None
+ *   parse_header(buf, offset, /) -> tuple | None
+ *
+ * RFC 6455 section 5.3: "octet i of the transformed data
+ * ("transformed-octet-i") is the XOR of octet i of the original data
+ * ("original-octet-i") with octet at index i modulo 4 of the masking key
+ * ("masking-key-octet-j")".
+ *
+ * Portable C (64-bit words, scalar tail); on x86-64 SSE2 (always present)
+ * and AVX2 (runtime check) process 16 / 32 bytes per step.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SHARDWS_X86 1
+#include <immintrin.h>
+#else
+#define SHARDWS_X86 0
+#endif
+
+/* Above this many bytes the GIL is released while masking. */
+#define RELEASE_GIL_AT 65536
+
+/* ------------------------------------------------------------ masking */
+
+/* dst[i] = src[i] ^ mask[i % 4] for 0 <= i < n; src may equal dst. */
+typedef void (*mask_fn)(const uint8_t *src, uint8_t *dst, Py_ssize_t n,
+                        const uint8_t *mask);
+
+static void
+mask_words(const uint8_t *src, uint8_t *dst, Py_ssize_t n, const uint8_t *mask)
+{
+    uint8_t mask8[8];
+    uint64_t word, m64;
+    Py_ssize_t i = 0;
+
+    memcpy(mask8, mask, 4);
+    memcpy(mask8 + 4, mask, 4);
+    memcpy(&m64, mask8, 8);
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&word, src + i, 8);
+        word ^= m64;
+        memcpy(dst + i, &word, 8);
+    }
+    /* i is a multiple of 8, hence of 4: the tail starts at mask phase 0. */
+    for (; i < n; i++) {
+        dst[i] = src[i] ^ mask[i & 3];
+    }
+}
+
+#if SHARDWS_X86
+static void
+mask_sse2(const uint8_t *src, uint8_t *dst, Py_ssize_t n, const uint8_t *mask)
+{
+    uint32_t m32;
+    Py_ssize_t i = 0;
+
+    memcpy(&m32, mask, 4);
+    __m128i m128 = _mm_set1_epi32((int)m32);
+    for (; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(src + i));
+        _mm_storeu_si128((__m128i *)(dst + i), _mm_xor_si128(v, m128));
+    }
+    mask_words(src + i, dst + i, n - i, mask);
+}
+
+__attribute__((target("avx2"))) static void
+mask_avx2(const uint8_t *src, uint8_t *dst, Py_ssize_t n, const uint8_t *mask)
+{
+    uint32_t m32;
+    Py_ssize_t i = 0;
+
+    memcpy(&m32, mask, 4);
+    __m256i m256 = _mm256_set1_epi32((int)m32);
+    for (; i + 64 <= n; i += 64) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(src + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(src + i + 32));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_xor_si256(a, m256));
+        _mm256_storeu_si256((__m256i *)(dst + i + 32), _mm256_xor_si256(b, m256));
+    }
+    for (; i + 32 <= n; i += 32) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(src + i));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_xor_si256(a, m256));
+    }
+    mask_sse2(src + i, dst + i, n - i, mask);
+}
+#endif
+
+/* Chosen once at import (runtime CPU check). */
+static mask_fn mask_large = mask_words;
+static const char *mask_impl = "words64";
+
+static inline void
+do_mask(const uint8_t *src, uint8_t *dst, Py_ssize_t n, const uint8_t *mask)
+{
+    if (n < 16) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            dst[i] = src[i] ^ mask[i & 3];
+        }
+    }
+    else if (n >= RELEASE_GIL_AT) {
+        Py_BEGIN_ALLOW_THREADS
+        mask_large(src, dst, n, mask);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        mask_large(src, dst, n, mask);
+    }
+}
+
+/* ------------------------------------------------------ argument checks */
+
+/*
+ * Get a contiguous byte view of obj. The checks and their messages follow
+ * the pure twin: not a buffer -> TypeError; read-only when writable is
+ * asked -> TypeError; not C-contiguous -> BufferError.
+ */
+static int
+get_bytes_view(PyObject *obj, Py_buffer *view, const char *func,
+               const char *arg, int writable)
+{
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() argument '%s' must be a bytes-like object, not '%.200s'",
+                     func, arg, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (PyObject_GetBuffer(obj, view, PyBUF_FULL_RO) < 0) {
+        return -1;
+    }
+    if (writable && view->readonly) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_TypeError,
+                     "%s() argument '%s' must be a writable bytes-like object, not '%.200s'",
+                     func, arg, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (!PyBuffer_IsContiguous(view, 'C')) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_BufferError,
+                     "%s() argument '%s' must be C-contiguous", func, arg);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+get_mask(PyObject *obj, uint8_t mask[4], const char *func)
+{
+    Py_buffer view;
+
+    if (get_bytes_view(obj, &view, func, "mask", 0) < 0) {
+        return -1;
+    }
+    if (view.len != 4) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "mask must contain 4 bytes");
+        return -1;
+    }
+    memcpy(mask, view.buf, 4);
+    PyBuffer_Release(&view);
+    return 0;
+}
+
+static int
+check_nargs(const char *func, Py_ssize_t nargs, Py_ssize_t min, Py_ssize_t max)
+{
+    if (nargs < min || nargs > max) {
+        if (min == max) {
+            PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)",
+                         func, min, nargs);
+        }
+        else {
+            PyErr_Format(PyExc_TypeError, "%s() takes from %zd to %zd arguments (%zd given)",
+                         func, min, max, nargs);
+        }
+        return -1;
+    }
+    return 0;
+}
+
+/* Offset as an index in [0, length]; else ValueError (TypeError if no int). */
+static int
+get_offset(PyObject *obj, Py_ssize_t length, Py_ssize_t *offset)
+{
+    Py_ssize_t value;
+    PyObject *index = PyNumber_Index(obj);
+
+    if (index == NULL) {
+        return -1;
+    }
+    /* NULL: clamp on overflow, so a huge value lands in the range check. */
+    value = PyNumber_AsSsize_t(index, NULL);
+    Py_DECREF(index);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (value < 0 || value > length) {
+        PyErr_SetString(PyExc_ValueError, "offset out of range");
+        return -1;
+    }
+    *offset = value;
+    return 0;
+}
+
+/* ------------------------------------------------------------ functions */
+
+PyDoc_STRVAR(apply_mask_doc,
+"apply_mask(data, mask, /) -> bytes\n\n"
+"XOR data (any C-contiguous bytes-like object) with the 4-byte mask\n"
+"repeated (RFC 6455 section 5.3). Raises ValueError unless the mask has 4\n"
+"bytes, TypeError for a non bytes-like argument, BufferError for a\n"
+"non-contiguous one.");
+
+static PyObject *
+apply_mask(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    uint8_t mask[4];
+    PyObject *result;
+
+    if (check_nargs("apply_mask", nargs, 2, 2) < 0) {
+        return NULL;
+    }
+    if (get_bytes_view(args[0], &data, "apply_mask", "data", 0) < 0) {
+        return NULL;
+    }
+    if (get_mask(args[1], mask, "apply_mask") < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    result = PyBytes_FromStringAndSize(NULL, data.len);
+    if (result != NULL) {
+        do_mask((const uint8_t *)data.buf, (uint8_t *)PyBytes_AS_STRING(result),
+                data.len, mask);
+    }
+    PyBuffer_Release(&data);
+    return result;
+}
+
+PyDoc_STRVAR(unmask_inplace_doc,
+"unmask_inplace(buffer, mask, offset=0, /) -> None\n\n"
+"XOR buffer[offset:] in place with the 4-byte mask repeated, mask octet 0\n"
+"at buffer[offset]. buffer is a writable C-contiguous bytes-like object\n"
+"(bytearray, memoryview). Raises ValueError for a bad mask length or an\n"
+"offset outside [0, len(buffer)], TypeError for a read-only buffer.");
+
+static PyObject *
+unmask_inplace(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer buf;
+    uint8_t mask[4];
+    Py_ssize_t offset = 0;
+
+    if (check_nargs("unmask_inplace", nargs, 2, 3) < 0) {
+        return NULL;
+    }
+    if (get_bytes_view(args[0], &buf, "unmask_inplace", "buffer", 1) < 0) {
+        return NULL;
+    }
+    if (get_mask(args[1], mask, "unmask_inplace") < 0) {
+        goto error;
+    }
+    if (nargs == 3 && get_offset(args[2], buf.len, &offset) < 0) {
+        goto error;
+    }
+    {
+        uint8_t *p = (uint8_t *)buf.buf + offset;
+        do_mask(p, p, buf.len - offset, mask);
+    }
+    PyBuffer_Release(&buf);
+    Py_RETURN_NONE;
+
+error:
+    PyBuffer_Release(&buf);
+    return NULL;
+}
+
+PyDoc_STRVAR(parse_header_doc,
+"parse_header(buf, offset, /) -> tuple | None\n\n"
+"Decode the frame header starting at buf[offset] (RFC 6455 section 5.2).\n"
+"Returns (fin, rsv1, rsv2, rsv3, opcode, masked, payload_length,\n"
+"header_length, mask_key) -- flags as bools, mask_key 4 bytes or None --\n"
+"or None when buf holds fewer bytes than the header. Nothing is\n"
+"validated (opcode, RSV bits, the 64-bit length's most significant bit):\n"
+"that is the frame parser's job. Raises ValueError for an offset outside\n"
+"[0, len(buf)].");
+
+static PyObject *
+parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer buf;
+    Py_ssize_t offset, avail, header_length;
+    const uint8_t *p;
+    uint64_t length;
+    PyObject *mask_key, *result;
+    int masked;
+
+    if (check_nargs("parse_header", nargs, 2, 2) < 0) {
+        return NULL;
+    }
+    if (get_bytes_view(args[0], &buf, "parse_header", "buf", 0) < 0) {
+        return NULL;
+    }
+    if (get_offset(args[1], buf.len, &offset) < 0) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    p = (const uint8_t *)buf.buf + offset;
+    avail = buf.len - offset;
+    if (avail < 2) {
+        goto incomplete;
+    }
+    masked = (p[1] & 0x80) != 0;
+    length = p[1] & 0x7f;
+    header_length = 2;
+    if (length == 126) {
+        header_length = 4;
+    }
+    else if (length == 127) {
+        header_length = 10;
+    }
+    if (masked) {
+        header_length += 4;
+    }
+    if (avail < header_length) {
+        goto incomplete;
+    }
+    if (length == 126) {
+        length = ((uint64_t)p[2] << 8) | p[3];
+    }
+    else if (length == 127) {
+        length = 0;
+        for (int i = 2; i < 10; i++) {
+            length = (length << 8) | p[i];
+        }
+    }
+    if (masked) {
+        mask_key = PyBytes_FromStringAndSize((const char *)p + header_length - 4, 4);
+        if (mask_key == NULL) {
+            PyBuffer_Release(&buf);
+            return NULL;
+        }
+    }
+    else {
+        mask_key = Py_NewRef(Py_None);
+    }
+    result = Py_BuildValue("(OOOOiOKnN)",
+                           (p[0] & 0x80) ? Py_True : Py_False,
+                           (p[0] & 0x40) ? Py_True : Py_False,
+                           (p[0] & 0x20) ? Py_True : Py_False,
+                           (p[0] & 0x10) ? Py_True : Py_False,
+                           (int)(p[0] & 0x0f),
+                           masked ? Py_True : Py_False,
+                           (unsigned long long)length,
+                           header_length,
+                           mask_key);
+    PyBuffer_Release(&buf);
+    return result;
+
+incomplete:
+    PyBuffer_Release(&buf);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL, apply_mask_doc},
+    {"unmask_inplace", (PyCFunction)(void (*)(void))unmask_inplace, METH_FASTCALL,
+     unmask_inplace_doc},
+    {"parse_header", (PyCFunction)(void (*)(void))parse_header, METH_FASTCALL,
+     parse_header_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+speedups_exec(PyObject *module)
+{
+#if SHARDWS_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) {
+        mask_large = mask_avx2;
+        mask_impl = "avx2";
+    }
+    else {
+        mask_large = mask_sse2;
+        mask_impl = "sse2";
+    }
+#endif
+    /* Which masking loop this CPU runs: "avx2", "sse2" or "words64". */
+    return PyModule_AddStringConstant(module, "MASK_IMPL", mask_impl);
+}
+
+static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    "shardws._speedups",
+    "C versions of shardws' protocol hot paths (see shardws.speedups).",
+    0,
+    speedups_methods,
+    speedups_slots,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModuleDef_Init(&speedups_module);
+}
