@@ -41,6 +41,7 @@ import operator
 import os
 import warnings
 from collections.abc import Callable
+from typing import SupportsIndex
 
 __all__ = [
     "C_SPEEDUPS",
@@ -98,8 +99,8 @@ def _mask(obj: object, func: str) -> bytes:
     return mask
 
 
-def _offset(obj: object, length: int) -> int:
-    offset = operator.index(obj)  # type: ignore[call-overload]
+def _offset(obj: SupportsIndex, length: int) -> int:
+    offset = operator.index(obj)
     if not 0 <= offset <= length:
         raise ValueError("offset out of range")
     return offset
@@ -131,7 +132,9 @@ def py_apply_mask(data: BytesLike, mask: BytesLike, /) -> bytes:
     return _xor(flat, _mask(mask, "apply_mask"))
 
 
-def py_unmask_inplace(buffer: bytearray | memoryview, mask: BytesLike, offset: int = 0, /) -> None:
+def py_unmask_inplace(
+    buffer: bytearray | memoryview, mask: BytesLike, offset: SupportsIndex = 0, /
+) -> None:
     """XOR ``buffer[offset:]`` in place with the 4-byte ``mask`` repeated.
 
     Mask octet 0 applies at ``buffer[offset]``. ``buffer`` is a writable
@@ -145,7 +148,7 @@ def py_unmask_inplace(buffer: bytearray | memoryview, mask: BytesLike, offset: i
         view[start:] = _xor(view[start:], key)
 
 
-def py_parse_header(buf: BytesLike, offset: int, /) -> Header | None:
+def py_parse_header(buf: BytesLike, offset: SupportsIndex, /) -> Header | None:
     """Decode the frame header at ``buf[offset]`` (RFC 6455 section 5.2).
 
     Returns ``(fin, rsv1, rsv2, rsv3, opcode, masked, payload_length,

@@ -1,0 +1,344 @@
+"""The C speedups and their pure-Python twins behave identically.
+
+Every case runs against both ``shardws._speedups`` (C, imported directly so
+that this file checks it even under ``SHARDWS_NO_SPEEDUPS=1``) and the
+``py_*`` twins in ``shardws.speedups``, and against a naive reference.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import shardws._speedups as c_impl  # type: ignore[import-not-found]
+from shardws import speedups
+
+ROOT = Path(__file__).resolve().parent.parent
+
+IMPLS = {
+    "c": {
+        "apply_mask": c_impl.apply_mask,
+        "unmask_inplace": c_impl.unmask_inplace,
+        "parse_header": c_impl.parse_header,
+    },
+    "py": {
+        "apply_mask": speedups.py_apply_mask,
+        "unmask_inplace": speedups.py_unmask_inplace,
+        "parse_header": speedups.py_parse_header,
+    },
+}
+
+
+def reference_mask(data: bytes, mask: bytes) -> bytes:
+    """RFC 6455 section 5.3, octet by octet."""
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def outcome(func: Any, *args: Any) -> tuple[str, Any]:
+    """("ok", result) or ("raise", (exception type, message))."""
+    try:
+        return ("ok", func(*args))
+    except Exception as exc:  # noqa: BLE001 - compared between twins
+        return ("raise", (type(exc), str(exc)))
+
+
+# ----------------------------------------------------------- apply_mask
+
+MASK_CASES = [
+    # (data, mask, expected)
+    (b"", b"abcd", b""),
+    # RFC 6455 section 5.7: "A single-frame masked text message" ("Hello").
+    (b"Hello", bytes.fromhex("37fa213d"), bytes.fromhex("7f9f4d5158")),
+    (b"\x00" * 9, b"\x01\x02\x03\x04", b"\x01\x02\x03\x04" * 2 + b"\x01"),
+    (b"\xff" * 4, b"\xff\xff\xff\xff", b"\x00" * 4),
+    (bytes(range(256)) * 300, b"\x00\x00\x00\x00", bytes(range(256)) * 300),
+    (b"\xaa" * (65536 + 3), b"\x0f\xf0\x0f\xf0", b"\xa5\x5a" * 32769 + b"\xa5"),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("data", "mask", "expected"), MASK_CASES)
+def test_apply_mask_vectors(impl: str, data: bytes, mask: bytes, expected: bytes) -> None:
+    apply_mask = IMPLS[impl]["apply_mask"]
+    for container in (bytes, bytearray, memoryview):
+        result = apply_mask(container(data), mask)
+        assert type(result) is bytes
+        assert result == expected
+
+
+lengths = st.one_of(st.integers(0, 70), st.integers(71, 4200), st.sampled_from([65535, 65536, 70001]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    length=lengths,
+    seed=st.binary(min_size=1, max_size=64),
+    mask=st.binary(min_size=4, max_size=4),
+    skip=st.integers(0, 15),
+)
+def test_apply_mask_twins(length: int, seed: bytes, mask: bytes, skip: int) -> None:
+    raw = (seed * (length // len(seed) + 2))[: length + skip]
+    data = memoryview(raw)[skip:]  # unaligned start
+    expected = reference_mask(bytes(data), mask) if length <= 4200 else None
+    c_result = c_impl.apply_mask(data, mask)
+    py_result = speedups.py_apply_mask(data, mask)
+    assert c_result == py_result
+    assert len(c_result) == len(data)
+    if expected is not None:
+        assert c_result == expected
+    # masking twice is the identity
+    assert c_impl.apply_mask(c_result, bytearray(mask)) == bytes(data)
+
+
+def test_apply_mask_raw_bytes_of_any_format() -> None:
+    """Non-byte formats are masked as their raw memory, like bytes(view)."""
+    ints = array.array("i", range(100))
+    grid = memoryview(bytes(range(48))).cast("B", (6, 8))
+    for obj in (ints, grid):
+        expected = reference_mask(bytes(memoryview(obj)), b"wxyz")
+        for impl in IMPLS.values():
+            assert impl["apply_mask"](obj, b"wxyz") == expected
+            assert impl["apply_mask"](b"abcdefgh", memoryview(b"wxyz").cast("B", (2, 2))) == (
+                reference_mask(b"abcdefgh", b"wxyz")
+            )
+
+
+# -------------------------------------------------------- unmask_inplace
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.one_of(st.binary(max_size=70), st.binary(min_size=71, max_size=3000)),
+    mask=st.binary(min_size=4, max_size=4),
+    offset_frac=st.floats(0, 1),
+    skip=st.integers(0, 7),
+    as_view=st.booleans(),
+)
+def test_unmask_inplace_twins(
+    data: bytes, mask: bytes, offset_frac: float, skip: int, as_view: bool
+) -> None:
+    offset = int(len(data) * offset_frac)
+    expected = data[:offset] + reference_mask(data[offset:], mask)
+    results = []
+    for impl in IMPLS.values():
+        backing = bytearray(b"\xee" * skip + data)
+        target: bytearray | memoryview = memoryview(backing)[skip:] if as_view else backing[skip:]
+        assert impl["unmask_inplace"](target, mask, offset) is None
+        result = bytes(target)
+        assert backing[:skip] == b"\xee" * skip  # nothing outside the view is touched
+        results.append(result)
+    assert results[0] == results[1] == expected
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unmask_inplace_default_offset_and_large(impl: str) -> None:
+    data = bytes(range(256)) * 600  # above the GIL-release threshold
+    buf = bytearray(data)
+    IMPLS[impl]["unmask_inplace"](buf, b"\x01\x02\x03\x04")
+    assert buf == reference_mask(data, b"\x01\x02\x03\x04")
+    grid = bytearray(range(24))
+    IMPLS[impl]["unmask_inplace"](memoryview(grid).cast("B", (4, 6)), b"abcd", 5)
+    assert grid == bytes(range(5)) + reference_mask(bytes(range(5, 24)), b"abcd")
+
+
+# --------------------------------------------------------- parse_header
+
+HEADER_CASES = [
+    # (wire bytes, expected tuple)
+    (b"\x81\x05", (True, False, False, False, 1, False, 5, 2, None)),
+    (b"\x01\x85abcd", (False, False, False, False, 1, True, 5, 6, b"abcd")),
+    (b"\xf2\x7d", (True, True, True, True, 2, False, 125, 2, None)),
+    (b"\x88\x7e\x00\x7e", (True, False, False, False, 8, False, 126, 4, None)),
+    (b"\x82\xfe\xff\xffWXYZ", (True, False, False, False, 2, True, 65535, 8, b"WXYZ")),
+    (b"\x82\x7f" + (2**32).to_bytes(8, "big"), (True, False, False, False, 2, False, 2**32, 10, None)),
+    (b"\x4f\xff" + b"\xff" * 8 + b"mask", (False, True, False, False, 15, True, 2**64 - 1, 14, b"mask")),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("wire", "expected"), HEADER_CASES)
+def test_parse_header_vectors(impl: str, wire: bytes, expected: tuple[Any, ...]) -> None:
+    parse_header = IMPLS[impl]["parse_header"]
+    for prefix in (b"", b"junk"):
+        for container in (bytes, bytearray, memoryview):
+            buf = container(prefix + wire + b"payload")
+            assert parse_header(buf, len(prefix)) == expected
+            # every truncation of the header is incomplete
+            for cut in range(len(prefix), len(prefix) + expected[7]):
+                assert parse_header(container(prefix + wire)[:cut], len(prefix)) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(buf=st.binary(max_size=24), offset_frac=st.floats(0, 1), as_view=st.booleans())
+def test_parse_header_twins(buf: bytes, offset_frac: float, as_view: bool) -> None:
+    offset = int(len(buf) * offset_frac)
+    arg: bytes | memoryview = memoryview(b"z" + buf)[1:] if as_view else buf
+    assert c_impl.parse_header(arg, offset) == speedups.py_parse_header(arg, offset)
+
+
+# ----------------------------------------------------------- bad input
+
+readonly = memoryview(bytearray(b"abcdefgh")).toreadonly()
+strided = memoryview(bytearray(b"abcdefgh"))[::2]
+released = memoryview(b"abcd")
+released.release()
+
+BAD_INPUTS = [
+    # (function, args): C and pure raise the same type with the same message
+    ("apply_mask", ("text", b"abcd")),
+    ("apply_mask", (None, b"abcd")),
+    ("apply_mask", (strided, b"abcd")),
+    ("apply_mask", (released, b"abcd")),
+    ("apply_mask", (b"data", b"abc")),
+    ("apply_mask", (b"data", b"abcde")),
+    ("apply_mask", (b"data", "abcd")),
+    ("apply_mask", (b"data", 1234)),
+    ("apply_mask", (b"data", memoryview(b"abcdefgh")[::2])),
+    ("apply_mask", ("text", b"abc")),  # data is checked before the mask
+    ("unmask_inplace", (b"bytes are read-only", b"abcd")),
+    ("unmask_inplace", (readonly, b"abcd")),
+    ("unmask_inplace", (strided, b"abcd")),
+    ("unmask_inplace", ([1, 2, 3], b"abcd")),
+    ("unmask_inplace", (bytearray(8), b"ab")),
+    ("unmask_inplace", (bytearray(8), b"abcd", -1)),
+    ("unmask_inplace", (bytearray(8), b"abcd", 9)),
+    ("unmask_inplace", (bytearray(8), b"abcd", 2**70)),
+    ("unmask_inplace", (bytearray(8), b"abcd", -(2**70))),
+    ("unmask_inplace", (bytearray(8), b"abcd", "1")),
+    ("unmask_inplace", (bytearray(8), b"abcd", 1.0)),
+    ("unmask_inplace", (bytearray(8), b"ab", 99)),  # mask before offset
+    ("parse_header", ("\x81\x00", 0)),
+    ("parse_header", (b"\x81\x00", -1)),
+    ("parse_header", (b"\x81\x00", 3)),
+    ("parse_header", (b"\x81\x00", None)),
+    ("parse_header", (strided, 0)),
+]
+
+
+@pytest.mark.parametrize(("func", "args"), BAD_INPUTS)
+def test_bad_input_same_exception(func: str, args: tuple[Any, ...]) -> None:
+    c_outcome = outcome(IMPLS["c"][func], *args)
+    py_outcome = outcome(IMPLS["py"][func], *args)
+    assert c_outcome[0] == "raise"
+    assert c_outcome == py_outcome
+
+
+WRONG_ARITY = [
+    ("apply_mask", (b"data",)),
+    ("apply_mask", (b"data", b"abcd", 0)),
+    ("unmask_inplace", (bytearray(4),)),
+    ("unmask_inplace", (bytearray(4), b"abcd", 0, 0)),
+    ("parse_header", (b"\x81\x00",)),
+    ("parse_header", (b"\x81\x00", 0, 0)),
+]
+
+
+@pytest.mark.parametrize(("func", "args"), WRONG_ARITY)
+def test_wrong_arity_is_type_error(func: str, args: tuple[Any, ...]) -> None:
+    for impl in IMPLS.values():
+        with pytest.raises(TypeError):
+            impl[func](*args)
+
+
+@pytest.mark.parametrize("func", ["apply_mask", "parse_header"])
+def test_keywords_are_refused_alike(func: str) -> None:
+    """Arguments are positional-only in both twins."""
+    for impl in IMPLS.values():
+        with pytest.raises(TypeError):
+            impl[func](b"\x81\x00", **{"mask" if func == "apply_mask" else "offset": 0})
+
+
+# ------------------------------------------------------- module binding
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys, warnings
+    {setup}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import shardws.speedups as s
+        import shardws.speedups
+    print(json.dumps({{
+        "c": s.C_SPEEDUPS,
+        "impl": s.MASK_IMPL,
+        "pure_bound": [
+            s.apply_mask is s.py_apply_mask,
+            s.unmask_inplace is s.py_unmask_inplace,
+            s.parse_header is s.py_parse_header,
+        ],
+        "warnings": [[w.category.__name__, str(w.message)] for w in caught],
+        "works": s.apply_mask(b"Hello", bytes.fromhex("37fa213d")).hex(),
+    }}))
+    """
+)
+
+BLOCK_EXTENSION = "sys.modules['shardws._speedups'] = None  # import raises ImportError"
+
+BINDING_CASES = [
+    # (SHARDWS_NO_SPEEDUPS, setup code, C bound?, expected warning categories)
+    (None, "", True, []),
+    ("0", "", True, []),
+    ("1", "", False, []),
+    ("yes", "", False, []),
+    (None, BLOCK_EXTENSION, False, ["RuntimeWarning"]),
+    ("1", BLOCK_EXTENSION, False, []),  # forced fallback: no warning
+]
+
+
+@pytest.mark.parametrize(("env_value", "setup", "c_bound", "warned"), BINDING_CASES)
+def test_module_binding(env_value: str | None, setup: str, c_bound: bool, warned: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SHARDWS_NO_SPEEDUPS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if env_value is not None:
+        env["SHARDWS_NO_SPEEDUPS"] = env_value
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(setup=setup)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(proc.stdout)
+    assert report["c"] is c_bound
+    assert report["pure_bound"] == [not c_bound] * 3
+    assert (report["impl"] == "python") is not c_bound
+    assert [category for category, _ in report["warnings"]] == warned
+    if warned:
+        assert "pure-Python fallback" in report["warnings"][0][1]
+    assert report["works"] == "7f9f4d5158"
+
+
+def test_failed_compile_still_builds(tmp_path: Path) -> None:
+    """setup.py build_ext with a broken compiler exits 0 and says it fell back."""
+    env = dict(os.environ, CC="/bin/false")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "setup.py",
+            "-q",
+            "build_ext",
+            "--build-lib",
+            str(tmp_path / "lib"),
+            "--build-temp",
+            str(tmp_path / "tmp"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "installing the pure-Python fallback" in proc.stderr
+    assert not list(tmp_path.rglob("_speedups*.so"))
