@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import shardws._speedups as c_impl  # type: ignore[import-not-found]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import shardws._speedups as c_impl  # type: ignore[import-not-found]
 from shardws import speedups
 
 ROOT = Path(__file__).resolve().parent.parent
