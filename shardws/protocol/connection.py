@@ -1,0 +1,592 @@
+"""The sans-I/O WebSocket connection: bytes in, events out; calls in, bytes out.
+
+:class:`Connection` assembles messages from frames, answers pings, runs the
+closing handshake (RFC 6455 section 7) and fails the connection when the peer
+breaks the protocol. Its states move only through :data:`TRANSITIONS`.
+
+Events returned by :meth:`Connection.receive_data`:
+
+* ``str`` -- a complete text message (valid UTF-8);
+* ``bytes`` -- a complete binary message;
+* :class:`Ping` -- a ping; its pong is already queued in :meth:`Connection.data_to_send`;
+* :class:`Pong` -- a pong;
+* :class:`~shardws.protocol.frames.Close` -- the peer's close frame, already
+  answered if the connection was OPEN.
+
+Ping floods: each ping queues a pong, but at most ``max_pending_pongs`` pongs
+wait in the outgoing list between two calls of :meth:`Connection.data_to_send`;
+past that, a new pong replaces the newest waiting one (RFC 6455 section
+5.5.3 lets an endpoint answer only the most recent ping). Memory for pongs is
+thus bounded per read; the I/O layer bounds the rest by pausing reads while
+its write buffer is full.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from shardws.exceptions import (
+    InvalidState,
+    InvalidUTF8,
+    LocalProtocolError,
+    PayloadTooBig,
+    RemoteProtocolError,
+)
+from shardws.protocol.frames import (
+    MAX_CLOSE_REASON,
+    MAX_CONTROL_PAYLOAD,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Close,
+    FrameParser,
+    parse_close,
+    serialize_close,
+    serialize_frame,
+)
+from shardws.protocol.utf8 import IncrementalUTF8Decoder
+
+__all__ = [
+    "Side",
+    "State",
+    "Ping",
+    "Pong",
+    "Event",
+    "MessageExtension",
+    "Connection",
+    "TRANSITIONS",
+]
+
+
+class Side(enum.Enum):
+    """Which end of the connection this is."""
+
+    SERVER = 0
+    CLIENT = 1
+
+
+class State(enum.IntEnum):
+    """Connection states (RFC 6455 section 4 and 7)."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class _Ev(enum.Enum):
+    """What moves the state machine."""
+
+    OPEN = "open"  # the opening handshake succeeded
+    SEND_CLOSE = "send_close"  # we sent a close frame first
+    RECV_CLOSE = "recv_close"  # the peer's close frame arrived
+    FAIL = "fail"  # we fail the connection (RFC 6455 section 7.1.7)
+    EOF = "eof"  # the transport is closed
+
+
+#: ``{(state, event): next state}``; a pair not in the table is not allowed.
+TRANSITIONS: dict[tuple[State, _Ev], State] = {
+    (State.CONNECTING, _Ev.OPEN): State.OPEN,
+    (State.CONNECTING, _Ev.EOF): State.CLOSED,
+    (State.OPEN, _Ev.SEND_CLOSE): State.CLOSING,
+    (State.OPEN, _Ev.RECV_CLOSE): State.CLOSING,  # our answering close is queued
+    (State.OPEN, _Ev.FAIL): State.CLOSING,
+    (State.OPEN, _Ev.EOF): State.CLOSED,
+    (State.CLOSING, _Ev.RECV_CLOSE): State.CLOSING,  # handshake done; waits for EOF
+    (State.CLOSING, _Ev.FAIL): State.CLOSING,
+    (State.CLOSING, _Ev.EOF): State.CLOSED,
+    (State.CLOSED, _Ev.EOF): State.CLOSED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A ping received from the peer."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A pong received from the peer."""
+
+    data: bytes
+
+
+Event: TypeAlias = str | bytes | Ping | Pong | Close
+
+
+class MessageExtension(Protocol):
+    """What :class:`Connection` needs from a message extension (permessage-deflate)."""
+
+    def decompress(self, data: bytes, fin: bool, max_length: int | None) -> bytes: ...
+
+    def compress(self, data: bytes, fin: bool = True) -> bytes: ...
+
+    @property
+    def share_key(self) -> object: ...
+
+
+def _random_mask_key() -> bytes:
+    # RFC 6455 section 5.3: "The masking key is a 32-bit value chosen at
+    # random by the client ... MUST be derived from a strong source of entropy".
+    return secrets.token_bytes(4)
+
+
+def _truncate_reason(reason: str) -> str:
+    """``reason`` cut to fit in a close frame (123 UTF-8 bytes)."""
+    data = reason.encode("utf-8")
+    if len(data) <= MAX_CLOSE_REASON:
+        return reason
+    return data[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
+
+
+class Connection:
+    """One WebSocket connection, sans I/O.
+
+    Feed bytes with :meth:`receive_data` and :meth:`receive_eof`; call the
+    ``send_*`` methods; write out what :meth:`data_to_send` returns; close
+    the transport once :meth:`close_transport_now` is True.
+
+    ``max_size`` bounds each message received (after decompression; None:
+    no limit). ``extensions`` holds at most one negotiated message extension
+    (permessage-deflate). ``mask_key_factory`` returns the 4-byte masking key
+    of each frame a client sends. Not thread-safe.
+    """
+
+    __slots__ = (
+        "side",
+        "state",
+        "close_rcvd",
+        "close_sent",
+        "close_rcvd_then_sent",
+        "failure",
+        "frame_share_key",
+        "_max_size",
+        "_parser",
+        "_ext",
+        "_mask_key_factory",
+        "_out",
+        "_max_pending_pongs",
+        "_pending_pongs",
+        "_last_pong",
+        "_discard",
+        "_close_transport",
+        "_msg_opcode",
+        "_msg_compressed",
+        "_msg_parts",
+        "_text_parts",
+        "_msg_size",
+        "_utf8",
+        "_send_fragmented",
+    )
+
+    def __init__(
+        self,
+        side: Side = Side.SERVER,
+        *,
+        max_size: int | None = 2**20,
+        extensions: Sequence[MessageExtension] = (),
+        state: State = State.OPEN,
+        max_pending_pongs: int = 8,
+        mask_key_factory: Callable[[], bytes] = _random_mask_key,
+    ) -> None:
+        if len(extensions) > 1:
+            raise LocalProtocolError("at most one message extension is supported")
+        if max_pending_pongs < 1:
+            raise LocalProtocolError("max_pending_pongs must be at least 1")
+        self.side = side
+        self.state = state
+        self.close_rcvd: Close | None = None
+        self.close_sent: Close | None = None
+        self.close_rcvd_then_sent: bool | None = None
+        self.failure: RemoteProtocolError | None = None
+        self._max_size = max_size
+        self._ext = extensions[0] if extensions else None
+        # RFC 6455 section 5.1: "The server MUST close the connection upon
+        # receiving a frame that is not masked." / "A client MUST close a
+        # connection if it detects a masked frame."
+        self._parser = FrameParser(
+            require_mask=side is Side.SERVER,
+            max_size=max_size,
+            rsv1_allowed=self._ext is not None,
+        )
+        self._mask_key_factory = mask_key_factory
+        self._out: list[bytes] = []
+        self._max_pending_pongs = max_pending_pongs
+        self._pending_pongs = 0
+        self._last_pong = 0
+        self._discard = state is not State.OPEN and state is not State.CONNECTING
+        self._close_transport = False
+        self._msg_opcode = 0  # OP_TEXT / OP_BINARY while a fragmented message arrives
+        self._msg_compressed = False
+        self._msg_parts: list[bytes] = []  # binary fragments
+        self._text_parts: list[str] = []  # text fragments, decoded
+        self._msg_size = 0
+        self._utf8 = IncrementalUTF8Decoder()
+        self._send_fragmented = False
+        # Connections whose keys are equal and not None send identical bytes
+        # for the same message; None means plain (uncompressed, unmasked)
+        # frames, shared by every such connection.
+        self.frame_share_key: object | None
+        if side is Side.CLIENT:
+            self.frame_share_key = object()  # a random mask per frame
+        elif self._ext is None:
+            self.frame_share_key = None
+        else:
+            share_key = self._ext.share_key
+            self.frame_share_key = object() if share_key is None else share_key
+
+    # ------------------------------------------------------------ state
+
+    def _transition(self, event: _Ev) -> None:
+        try:
+            self.state = TRANSITIONS[self.state, event]
+        except KeyError:
+            raise InvalidState(f"cannot {event.value} in state {self.state.name}") from None
+
+    def open(self) -> None:
+        """The opening handshake succeeded: CONNECTING -> OPEN. Raises InvalidState otherwise."""
+        self._transition(_Ev.OPEN)
+
+    @property
+    def close_code(self) -> int | None:
+        """Code of the close frame received; 1006 if none arrived; None until CLOSED."""
+        if self.state is not State.CLOSED:
+            return None
+        return 1006 if self.close_rcvd is None else self.close_rcvd.code
+
+    @property
+    def close_reason(self) -> str | None:
+        """Reason of the close frame received; "" if none arrived; None until CLOSED."""
+        if self.state is not State.CLOSED:
+            return None
+        return "" if self.close_rcvd is None else self.close_rcvd.reason
+
+    def close_transport_now(self) -> bool:
+        """True once the transport should be closed by this side.
+
+        A server closes it when the closing handshake is done ("The
+        underlying TCP connection, in most normal cases, SHOULD be closed
+        first by the server", RFC 6455 section 7.1.1); either side closes it
+        after failing the connection (section 7.1.7).
+        """
+        return self._close_transport
+
+    # ---------------------------------------------------------- receive
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Process bytes from the peer; return the events they complete.
+
+        Never raises for the peer's faults: the connection fails instead
+        (:attr:`failure` is set, a close frame with the error's close code is
+        queued, :meth:`close_transport_now` becomes True). Data received after
+        a close frame or a failure is ignored. Raises :class:`InvalidState`
+        while CONNECTING.
+        """
+        if self._discard:
+            return []
+        if self.state is State.CONNECTING:
+            raise InvalidState("cannot receive frames before the opening handshake")
+        parser = self._parser
+        parser.feed(data)
+        next_frame = parser.next_frame_tuple
+        events: list[Event] = []
+        try:
+            while True:
+                frame = next_frame()
+                if frame is None:
+                    break
+                opcode, payload, fin, rsv1 = frame
+                if opcode & 0x08:
+                    if opcode == OP_PING:
+                        self._answer_ping(payload)
+                        events.append(Ping(payload))
+                    elif opcode == OP_PONG:
+                        events.append(Pong(payload))
+                    else:
+                        events.append(self._receive_close(payload))
+                        break
+                elif fin and not rsv1 and not self._msg_opcode:
+                    # Fast path: an uncompressed message in a single frame; the
+                    # parser already held it to max_size.
+                    if opcode == OP_TEXT:
+                        events.append(str(payload, "utf-8"))
+                    elif opcode == OP_BINARY:
+                        events.append(payload)
+                    else:
+                        raise RemoteProtocolError(
+                            "continuation frame without a message to continue"
+                        )
+                else:
+                    message = self._receive_fragment(opcode, payload, fin, rsv1)
+                    if message is not None:
+                        events.append(message)
+        except UnicodeDecodeError as exc:
+            self._fail_remote(InvalidUTF8(f"invalid UTF-8 at byte {exc.start}"))
+        except RemoteProtocolError as exc:
+            self._fail_remote(exc)
+        return events
+
+    def _receive_fragment(
+        self, opcode: int, payload: bytes, fin: bool, rsv1: bool
+    ) -> str | bytes | None:
+        """Add one data frame to the message in progress; return the message at its end."""
+        if opcode == OP_CONT:
+            if not self._msg_opcode:
+                # RFC 6455 section 5.4: a fragmented message is "a single
+                # frame with the FIN bit clear and an opcode other than 0,
+                # followed by zero or more frames with the FIN bit clear and
+                # the opcode set to 0".
+                raise RemoteProtocolError("continuation frame without a message to continue")
+        elif self._msg_opcode:
+            # Section 5.4: "the fragments of one message MUST NOT be
+            # interleaved between the fragments of another message".
+            raise RemoteProtocolError("new data frame while a fragmented message is in progress")
+        else:
+            self._msg_opcode = opcode
+            self._msg_compressed = rsv1
+            self._msg_size = 0
+        max_size = self._max_size
+        if self._msg_compressed:
+            assert self._ext is not None  # the parser refuses RSV1 otherwise
+            remaining = None if max_size is None else max_size - self._msg_size
+            payload = self._ext.decompress(payload, fin, remaining)
+        size = self._msg_size + len(payload)
+        if max_size is not None and size > max_size:
+            raise PayloadTooBig(f"message of over {max_size} bytes")
+        text = self._msg_opcode == OP_TEXT
+        if text:
+            # Fail fast: each fragment is validated as it arrives.
+            self._text_parts.append(self._utf8.decode(payload, fin))
+        else:
+            self._msg_parts.append(payload)
+        if not fin:
+            self._msg_size = size
+            if max_size is not None and not self._msg_compressed:
+                # The next frame's header is checked against what is left.
+                self._parser.max_size = max_size - size
+            return None
+        self._parser.max_size = max_size
+        self._msg_opcode = 0
+        if text:
+            message: str | bytes = "".join(self._text_parts)
+            self._text_parts = []
+        else:
+            message = b"".join(self._msg_parts)
+            self._msg_parts = []
+        return message
+
+    def _answer_ping(self, payload: bytes) -> None:
+        # RFC 6455 section 5.5.2: "Upon receipt of a Ping frame, an endpoint
+        # MUST send a Pong frame in response, unless it already received a
+        # Close frame." Section 5.5.3: "A Pong frame sent in response to a
+        # Ping frame must have identical "Application data"".
+        pong = self._frame(OP_PONG, payload)
+        if self._pending_pongs < self._max_pending_pongs:
+            self._pending_pongs += 1
+            self._last_pong = len(self._out)
+            self._out.append(pong)
+        else:
+            # Section 5.5.3: "If an endpoint receives a Ping frame and has not
+            # yet sent Pong frame(s) in response to previous Ping frame(s), the
+            # endpoint MAY elect to send a Pong frame for only the most
+            # recently processed Ping frame."
+            self._out[self._last_pong] = pong
+
+    def _receive_close(self, payload: bytes) -> Close:
+        close = parse_close(payload)
+        self.close_rcvd = close
+        if self.state is State.OPEN:
+            # Section 5.5.1: "If an endpoint receives a Close frame and did
+            # not previously send a Close frame, the endpoint MUST send a
+            # Close frame in response. (When sending a Close frame in
+            # response, the endpoint typically echos the status code it
+            # received.)"
+            code = 1000 if close.code == 1005 else close.code
+            self._queue_close(code, "")
+            self.close_rcvd_then_sent = True
+        else:
+            self.close_rcvd_then_sent = False
+        self._transition(_Ev.RECV_CLOSE)
+        # Section 1.4: "after receiving a control frame indicating the
+        # connection should be closed, a peer discards any further data
+        # received."
+        self._discard = True
+        self._drop_message()
+        if self.side is Side.SERVER:
+            self._close_transport = True
+        return close
+
+    def receive_eof(self) -> None:
+        """The transport is closed (EOF or connection lost): state CLOSED."""
+        self._transition(_Ev.EOF)
+        self._discard = True
+        self._drop_message()
+
+    # ------------------------------------------------------------ fail
+
+    def _fail_remote(self, exc: RemoteProtocolError) -> None:
+        self.failure = exc
+        self._fail(exc.close_code, str(exc))
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Fail the connection (RFC 6455 section 7.1.7): queue a close frame
+        with ``code`` if none was sent, state CLOSING, then close the transport.
+
+        Raises :class:`LocalProtocolError` for a code not allowed on the wire,
+        :class:`InvalidState` unless OPEN or CLOSING.
+        """
+        serialize_close(code, "")  # validates the code
+        self._fail(code, reason)
+
+    def _fail(self, code: int, reason: str) -> None:
+        if self.state is State.OPEN:
+            # Section 7.1.7: "the endpoint SHOULD send a Close frame with an
+            # appropriate status code (Section 7.4) before proceeding to
+            # _Close the WebSocket Connection_."
+            self._queue_close(code, _truncate_reason(reason))
+        self._transition(_Ev.FAIL)
+        self._discard = True
+        self._close_transport = True
+        self._drop_message()
+
+    def _drop_message(self) -> None:
+        if self._msg_opcode:
+            self._msg_opcode = 0
+            self._msg_parts = []
+            self._text_parts = []
+            self._utf8.reset()
+            self._parser.max_size = self._max_size
+
+    # ------------------------------------------------------------- send
+
+    def data_to_send(self) -> list[bytes]:
+        """Return the frames to write, in order, and forget them."""
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        self._pending_pongs = 0
+        return out
+
+    def _frame(
+        self,
+        opcode: int,
+        payload: bytes | bytearray | memoryview,
+        fin: bool = True,
+        rsv1: bool = False,
+    ) -> bytes:
+        if self.side is Side.SERVER:
+            return serialize_frame(opcode, payload, fin=fin, rsv1=rsv1)
+        # Section 5.1: "a client MUST mask all frames that it sends to the server".
+        return serialize_frame(
+            opcode, payload, fin=fin, rsv1=rsv1, mask_key=self._mask_key_factory()
+        )
+
+    def _check_open(self) -> None:
+        if self.state is not State.OPEN:
+            raise InvalidState(f"connection is {self.state.name}, not OPEN")
+
+    def _send_data(self, opcode: int, payload: bytes | bytearray | memoryview, fin: bool) -> None:
+        ext = self._ext
+        if ext is None:
+            frame = self._frame(opcode, payload, fin)
+        else:
+            # RFC 7692 section 6: the "Per-Message Compressed" bit is set on
+            # the first frame of a compressed message only.
+            frame = self._frame(opcode, ext.compress(bytes(payload), fin), fin, opcode != OP_CONT)
+        self._out.append(frame)
+        self._send_fragmented = not fin
+
+    def send_text(self, data: bytes | str, fin: bool = True) -> None:
+        """Send a text message, or its first fragment when ``fin`` is False.
+
+        ``bytes`` are sent as they are (the caller vouches they are UTF-8).
+        Raises :class:`InvalidState` unless OPEN, :class:`LocalProtocolError`
+        while a fragmented message is being sent.
+        """
+        self._check_open()
+        if self._send_fragmented:
+            raise LocalProtocolError("a fragmented message is being sent: use send_continuation()")
+        self._send_data(OP_TEXT, data.encode("utf-8") if isinstance(data, str) else data, fin)
+
+    def send_binary(self, data: bytes | bytearray | memoryview, fin: bool = True) -> None:
+        """Send a binary message, or its first fragment when ``fin`` is False (see :meth:`send_text`)."""
+        self._check_open()
+        if self._send_fragmented:
+            raise LocalProtocolError("a fragmented message is being sent: use send_continuation()")
+        self._send_data(OP_BINARY, data, fin)
+
+    def send_continuation(self, data: bytes, fin: bool) -> None:
+        """Send the next fragment of the message started by send_text/send_binary(fin=False).
+
+        Raises :class:`InvalidState` unless OPEN, :class:`LocalProtocolError`
+        when no fragmented message is being sent.
+        """
+        self._check_open()
+        if not self._send_fragmented:
+            raise LocalProtocolError("no fragmented message to continue")
+        self._send_data(OP_CONT, data, fin)
+
+    def _send_control(self, opcode: int, data: bytes) -> None:
+        self._check_open()
+        # Section 5.5: "All control frames MUST have a payload length of 125 bytes or less".
+        if len(data) > MAX_CONTROL_PAYLOAD:
+            raise LocalProtocolError(f"control frame payload exceeds {MAX_CONTROL_PAYLOAD} bytes")
+        self._out.append(self._frame(opcode, data))
+
+    def send_ping(self, data: bytes = b"") -> None:
+        """Send a ping. Raises :class:`InvalidState` unless OPEN, :class:`LocalProtocolError` over 125 bytes."""
+        self._send_control(OP_PING, data)
+
+    def send_pong(self, data: bytes = b"") -> None:
+        """Send an unsolicited pong (section 5.5.3: "A Pong frame MAY be sent unsolicited").
+
+        Raises like :meth:`send_ping`.
+        """
+        self._send_control(OP_PONG, data)
+
+    def _queue_close(self, code: int, reason: str) -> None:
+        self._out.append(self._frame(OP_CLOSE, serialize_close(code, reason)))
+        self.close_sent = Close(code, reason)
+
+    def send_close(self, code: int | None = 1000, reason: str = "") -> None:
+        """Start the closing handshake: queue a close frame, state CLOSING.
+
+        ``code=None`` sends a close frame without a payload (received as 1005).
+        Raises :class:`InvalidState` unless OPEN, :class:`LocalProtocolError`
+        for a code not allowed on the wire, a reason over 123 UTF-8 bytes, or
+        a reason without a code.
+        """
+        self._check_open()
+        if code is None:
+            if reason:
+                raise LocalProtocolError("a close reason requires a close code")
+            self._out.append(self._frame(OP_CLOSE, b""))
+            self.close_sent = Close(1005, "")
+        else:
+            self._queue_close(code, reason)
+        self._transition(_Ev.SEND_CLOSE)
+
+    def encode_message(self, opcode: int, payload: bytes | str) -> bytes:
+        """The frame carrying one whole message as this connection would send it.
+
+        Compression is applied (which advances the compressor: write the
+        result to this connection). Used by broadcast with
+        :attr:`frame_share_key`. Raises :class:`LocalProtocolError` unless
+        ``opcode`` is OP_TEXT or OP_BINARY. Does not check the state.
+        """
+        if opcode != OP_TEXT and opcode != OP_BINARY:
+            raise LocalProtocolError(f"not a data opcode: {opcode:#x}")
+        data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        if self._ext is None:
+            return self._frame(opcode, data)
+        return self._frame(opcode, self._ext.compress(data, True), True, True)
