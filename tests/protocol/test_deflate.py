@@ -25,7 +25,6 @@ from shardws.exceptions import (
     PayloadTooBig,
     RemoteProtocolError,
 )
-from shardws.protocol import deflate
 from shardws.protocol.deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
@@ -220,7 +219,7 @@ def zlib_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     def spy(*args: Any, **kwargs: Any) -> SpyDecoder:
         return SpyDecoder(real(*args, **kwargs), calls)
 
-    monkeypatch.setattr(deflate.zlib, "decompressobj", spy)
+    monkeypatch.setattr(zlib, "decompressobj", spy)
     return calls
 
 
