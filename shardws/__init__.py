@@ -11,7 +11,41 @@ from .exceptions import __all__ as _exceptions_all
 
 __version__ = "0.1.0"
 
+from .asyncio import (  # noqa: E402  (__version__ first: the handshake reads it)
+    BroadcastStats,
+    Data,
+    Server,
+    ServerConnection,
+    basic_auth,
+    broadcast,
+    broadcast_stats,
+    serve,
+    unix_serve,
+)
+from .protocol.connection import State  # noqa: E402
+from .protocol.frames import Close  # noqa: E402
+from .protocol.headers import Headers, HeadersLike, MultipleValuesError  # noqa: E402
+from .protocol.http11 import Request, Response  # noqa: E402
+
 __all__ = [
     "__version__",
     *_exceptions_all,
+    # server (shardws.asyncio)
+    "serve",
+    "unix_serve",
+    "Server",
+    "ServerConnection",
+    "Data",
+    "broadcast",
+    "broadcast_stats",
+    "BroadcastStats",
+    "basic_auth",
+    # HTTP and protocol data types
+    "Request",
+    "Response",
+    "Headers",
+    "HeadersLike",
+    "MultipleValuesError",
+    "State",
+    "Close",
 ]

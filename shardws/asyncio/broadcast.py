@@ -1,0 +1,151 @@
+"""``broadcast()``: one message to many connections, framed once.
+
+Policy (also in the README):
+
+========================================  ===================================
+connection                                what broadcast() does
+========================================  ===================================
+not OPEN (handshaking, closing, closed)   skipped silently (``skipped_closed``)
+sending a fragmented message              skipped (``skipped_fragmented``);
+                                          ``ConcurrencyError`` in the group
+write buffer above its ``write_limit``    skipped (``skipped_slow``), never
+                                          buffered; ``RuntimeError`` in the group
+otherwise                                 the frame is written (``sent``)
+========================================  ===================================
+
+Frames: every connection without compression gets the SAME bytes object;
+compressed connections whose ``frame_share_key`` are equal share one
+compressed frame; the others (context takeover) compress their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..exceptions import ConcurrencyError
+from ..protocol.connection import State
+from ..protocol.frames import OP_BINARY, OP_TEXT, serialize_frame
+from . import registry
+from .connection import ServerConnection
+
+__all__ = ["broadcast", "BroadcastStats", "broadcast_stats"]
+
+
+class BroadcastStats:
+    """Counters of :func:`broadcast` in this process (plain ints)."""
+
+    __slots__ = ("sent", "skipped_closed", "skipped_slow", "skipped_fragmented")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Set every counter to 0."""
+        self.sent = 0
+        self.skipped_closed = 0
+        self.skipped_slow = 0
+        self.skipped_fragmented = 0
+
+    @property
+    def skipped(self) -> int:
+        """Every connection a broadcast did not write to."""
+        return self.skipped_closed + self.skipped_slow + self.skipped_fragmented
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a dict (for status reports)."""
+        return {
+            "sent": self.sent,
+            "skipped": self.skipped,
+            "skipped_closed": self.skipped_closed,
+            "skipped_slow": self.skipped_slow,
+            "skipped_fragmented": self.skipped_fragmented,
+        }
+
+
+broadcast_stats = BroadcastStats()
+
+
+def broadcast(
+    connections: Iterable[ServerConnection],
+    message: str | bytes | bytearray | memoryview,
+    raise_exceptions: bool = False,
+) -> None:
+    """Send ``message`` to every OPEN connection of ``connections``; never waits.
+
+    ``str`` is sent as text, bytes-likes as binary. Connections are skipped
+    as the module's table says, and counted in :data:`broadcast_stats`;
+    skips are logged at DEBUG on the connection's logger.
+
+    Raises:
+        TypeError: ``message`` is neither str nor bytes-like.
+        ExceptionGroup: with ``raise_exceptions=True``, when some OPEN
+            connections were skipped or failed (after writing to the others).
+    """
+    if isinstance(message, str):
+        opcode = OP_TEXT
+        payload = message.encode()
+    elif isinstance(message, (bytes, bytearray, memoryview)):
+        opcode = OP_BINARY
+        payload = bytes(message)
+    else:
+        raise TypeError("data must be str or bytes-like")
+
+    stats = broadcast_stats
+    plain: bytes | None = None  # the one uncompressed frame
+    shared: dict[Any, bytes] = {}  # frame_share_key -> compressed frame
+    exceptions: list[Exception] = []
+    sent = 0
+    for connection in connections:
+        protocol = connection._protocol
+        if protocol is None or protocol.state is not State.OPEN:
+            stats.skipped_closed += 1
+            continue
+        if connection._fragmented is not None:
+            stats.skipped_fragmented += 1
+            if connection._debug:
+                connection.logger.debug("skipped broadcast: sending a fragmented message")
+            if raise_exceptions:
+                exceptions.append(ConcurrencyError("sending a fragmented message"))
+            continue
+        transport = connection._transport
+        # DESIGN: "a slow client must cost bounded memory; check
+        # transport.get_write_buffer_size() before writing."
+        if connection._write_paused or (
+            transport.get_write_buffer_size() > connection._options.write_limits[0]
+        ):
+            stats.skipped_slow += 1
+            if connection._debug:
+                connection.logger.debug("skipped broadcast: write buffer above write_limit")
+            if raise_exceptions:
+                exceptions.append(RuntimeError("skipped broadcast: write buffer above write_limit"))
+            continue
+        try:
+            key = protocol.frame_share_key
+            if key is None:
+                if plain is None:
+                    plain = serialize_frame(opcode, payload)
+                frame = plain
+            elif type(key) is object:
+                # A compressor with context takeover: its frame is its own.
+                frame = protocol.encode_message(opcode, payload)
+            else:
+                cached = shared.get(key)
+                if cached is None:
+                    cached = protocol.encode_message(opcode, payload)
+                    shared[key] = cached
+                frame = cached
+            transport.write(frame)
+        except Exception as exc:
+            if raise_exceptions:
+                failure = RuntimeError("failed to write message")
+                failure.__cause__ = exc
+                exceptions.append(failure)
+            else:
+                connection.logger.warning("skipped broadcast: failed to write message: %s", exc)
+            continue
+        sent += 1
+    stats.sent += sent
+    registry.stats.messages_out += sent
+    if exceptions:
+        raise ExceptionGroup("skipped broadcast", exceptions)

@@ -1,0 +1,902 @@
+"""``ServerConnection``: one WebSocket connection, an :class:`asyncio.Protocol`.
+
+The transport calls :meth:`ServerConnection.data_received`; the bytes go to
+the sans-I/O :class:`shardws.protocol.connection.Connection` (after the
+opening handshake) or to the HTTP :class:`RequestParser` (before it). What
+the protocol produces is written back at once, one ``write``/``writelines``
+per batch of events. There is one task per connection: it runs the opening
+handshake and then the user's handler; reading needs no task.
+
+Flow control (all bounded):
+
+======================================  =====================================
+condition                               effect
+======================================  =====================================
+``max_queue`` messages unread, or more  ``transport.pause_reading()``; resumed
+than ``read_limit`` bytes unread        below a quarter of both (low-water)
+transport write buffer > ``write_limit`` ``send()`` waits for ``resume_writing``
+                                        and reading pauses too (a peer that
+                                        does not read cannot make us queue
+                                        pongs without bound)
+opening handshake being processed       reading pauses until the 101 is sent
+======================================  =====================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import uuid
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import (
+    ConcurrencyError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidHandshake,
+)
+from ..protocol.connection import Connection, Pong, Side, State
+from ..protocol.handshake import accept, error_response, reject
+from ..protocol.headers import Headers
+from ..protocol.http11 import Request, RequestParser, Response
+from . import registry
+
+if TYPE_CHECKING:
+    from .server import Server, _Options
+
+__all__ = ["ServerConnection", "Data"]
+
+Data = str | bytes
+
+# websockets' rule: the close is "OK" when both close frames carry one of these.
+OK_CLOSE_CODES = frozenset({1000, 1001, 1005})
+
+_registry_stats = registry.stats
+
+
+class ServerConnection(asyncio.Protocol):
+    """A WebSocket connection accepted by :func:`shardws.serve`.
+
+    The handler receives it once the opening handshake succeeded. Every
+    coroutine method must be awaited on the event loop that accepted the
+    connection; nothing here is thread-safe.
+
+    Attributes set during the handshake: :attr:`request`, :attr:`response`,
+    :attr:`subprotocol`, :attr:`username` (by :func:`shardws.basic_auth`).
+    :attr:`id` is a :class:`uuid.UUID` (uuid4) unique to the connection.
+    :attr:`latency` is the round-trip time of the last answered ping (0 until
+    then).
+    """
+
+    def __init__(self, server: Server, options: _Options, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self._options = options
+        self._loop = loop
+        self.id: uuid.UUID = uuid.uuid4()
+        self.logger: logging.LoggerAdapter[Any] = logging.LoggerAdapter(
+            options.logger, {"websocket": self}
+        )
+        self._debug = options.logger.isEnabledFor(logging.DEBUG)
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.subprotocol: str | None = None
+        self.username: str | None = None
+        self.latency: float = 0.0
+        self.handshake_exc: BaseException | None = None
+        self._transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._local_address: Any = None
+        self._remote_address: Any = None
+        self._parser: RequestParser | None = RequestParser()
+        self._early: list[bytes] = []  # bytes received after the request, before the 101
+        self._protocol: Connection | None = None
+        self._extensions: list[Any] = []
+        self._request_waiter: asyncio.Future[None] = loop.create_future()
+        self._closed_waiter: asyncio.Future[None] = loop.create_future()
+        self._task: asyncio.Task[None] | None = None
+        # incoming messages
+        self._messages: deque[Data] = deque()
+        self._queued_bytes = 0
+        self._recv_waiter: asyncio.Future[None] | None = None
+        # flow control
+        self._queue_full = False
+        self._handshaking = True
+        self._write_paused = False
+        self._reading_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        # sending a fragmented message: other senders wait on this future
+        self._fragmented: asyncio.Future[None] | None = None
+        # pings: payload -> (future, time sent); insertion order = send order
+        self._pending_pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._keepalive_handle: asyncio.TimerHandle | None = None
+        self._close_handle: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def state(self) -> State:
+        """CONNECTING during the handshake, then OPEN, CLOSING, CLOSED."""
+        if self._protocol is not None:
+            return self._protocol.state
+        return State.CLOSED if self._closed_waiter.done() else State.CONNECTING
+
+    @property
+    def closed(self) -> bool:
+        """True once the TCP connection is closed."""
+        return self._closed_waiter.done()
+
+    @property
+    def local_address(self) -> Any:
+        """The server socket's address (``(host, port, ...)`` or a Unix path)."""
+        return self._local_address
+
+    @property
+    def remote_address(self) -> Any:
+        """The client's address (``(host, port, ...)``; ``""`` on a Unix socket)."""
+        return self._remote_address
+
+    @property
+    def request_headers(self) -> Headers:
+        """The headers of the opening handshake request."""
+        assert self.request is not None, "no request received yet"
+        return self.request.headers
+
+    @property
+    def response_headers(self) -> Headers:
+        """The headers of the opening handshake response."""
+        assert self.response is not None, "no response sent yet"
+        return self.response.headers
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code received (1006 without one); None until CLOSED."""
+        if self._protocol is None:
+            return 1006 if self.closed else None
+        return self._protocol.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        """The close reason received; None until CLOSED."""
+        if self._protocol is None:
+            return "" if self.closed else None
+        return self._protocol.close_reason
+
+    @property
+    def worker_id(self) -> int | None:
+        """The supervisor's worker number serving this connection (None unclustered)."""
+        return registry.worker_id
+
+    @property
+    def extensions(self) -> list[Any]:
+        """The negotiated extensions (``PerMessageDeflate`` instances)."""
+        return self._extensions
+
+    def subscribe(self, topic: Any) -> bool:
+        """Subscribe to ``topic`` in the process registry (see :mod:`.registry`).
+
+        Returns False when the connection is not open (nothing recorded).
+        """
+        return registry.subscribe(self, topic)
+
+    def unsubscribe(self, topic: Any) -> None:
+        """Leave ``topic``; nothing happens if the connection did not subscribe."""
+        registry.unsubscribe(self, topic)
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection {self.id} {self.state.name} {self._remote_address}>"
+
+    # ------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._local_address = transport.get_extra_info("sockname")
+        self._remote_address = transport.get_extra_info("peername")
+        high, low = self._options.write_limits
+        transport.set_write_buffer_limits(high, low)
+        self._server._register(self)
+        # The task exists from now on, so that Server.close() sees it.
+        self._task = self._loop.create_task(self._run())
+        self._server._tasks.add(self._task)
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self._protocol
+        if protocol is not None:
+            self._process_events(protocol.receive_data(data))
+            return
+        if self._parser is None:
+            # Request parsed, handshake in progress: kept for after the 101
+            # (reading is paused meanwhile, so this holds at most one read).
+            self._early.append(data)
+            return
+        try:
+            request = self._parser.feed(data)
+        except InvalidHandshake as exc:
+            self._parser = None
+            self.handshake_exc = exc
+            self.logger.info("opening handshake failed: %s", exc)
+            self._send_rejection(error_response(exc))
+            return
+        if request is not None:
+            self.request = request
+            remaining = self._parser.remaining
+            if remaining:
+                self._early.append(bytes(remaining))
+            self._parser = None
+            self._update_reading()
+            if not self._request_waiter.done():
+                self._request_waiter.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        if self._protocol is not None and self._protocol.state is not State.CLOSED:
+            self._protocol.receive_eof()
+        return None  # let the transport close itself
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        self._update_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        protocol = self._protocol
+        if protocol is not None and protocol.state is not State.CLOSED:
+            protocol.receive_eof()
+        for handle in (self._keepalive_handle, self._close_handle):
+            if handle is not None:
+                handle.cancel()
+        self._keepalive_handle = self._close_handle = None
+        self._write_paused = False
+        for waiter in (self._request_waiter, self._closed_waiter, self._recv_waiter, self._drain_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiter = None
+        if self._pending_pings:
+            closed = self._close_exc()
+            for pong_waiter, _ in self._pending_pings.values():
+                if not pong_waiter.done():
+                    pong_waiter.set_exception(closed)
+                    pong_waiter.exception()  # mark retrieved: nobody may await it
+            self._pending_pings.clear()
+        self._server._unregister(self)
+        registry.remove(self)
+        if self._debug and protocol is not None:
+            self.logger.debug("connection closed: %s", self._close_exc())
+
+    # -------------------------------------------------------------- reading
+
+    def _process_events(self, events: list[Any]) -> None:
+        """Handle what the protocol parsed from one read; write its replies once."""
+        protocol = self._protocol
+        assert protocol is not None
+        messages = self._messages
+        added = 0
+        for event in events:
+            kind = type(event)
+            if kind is str or kind is bytes:
+                messages.append(event)
+                self._queued_bytes += len(event)
+                added += 1
+            elif kind is Pong:
+                self._acknowledge_pings(event.data)
+            # Ping: the protocol already queued the pong. Close: the protocol
+            # answered it and moved to CLOSING; _flush() closes the transport.
+        if added:
+            _registry_stats.messages_in += added
+            waiter = self._recv_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            options = self._options
+            if not self._queue_full and (
+                len(messages) >= options.max_queue_high
+                or self._queued_bytes > options.read_limit_high
+            ):
+                if protocol.state is State.OPEN:
+                    self._queue_full = True
+                    self._update_reading()
+                else:
+                    # Closing: nobody pauses the peer's close frame behind
+                    # unread messages; what arrives past the limit is dropped.
+                    while len(messages) > options.max_queue_high:
+                        self._queued_bytes -= len(messages.pop())
+        self._flush()
+
+    def _update_reading(self) -> None:
+        """Pause or resume reading from the transport to match the table above."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        pause = (self._queue_full and self._protocol is not None and self._protocol.state is State.OPEN) or (
+            self._write_paused or (self._handshaking and self._parser is None)
+        )
+        if pause is not self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def _pop_message(self) -> Data:
+        message = self._messages.popleft()
+        self._queued_bytes -= len(message)
+        if self._queue_full:
+            options = self._options
+            if (
+                len(self._messages) <= options.max_queue_low
+                and self._queued_bytes <= options.read_limit_low
+            ):
+                self._queue_full = False
+                self._update_reading()
+        return message
+
+    async def recv(self, decode: bool | None = None) -> Data:
+        """Receive the next message: ``str`` for text, ``bytes`` for binary.
+
+        ``decode=True`` returns text for binary messages (UTF-8 decoding),
+        ``decode=False`` returns bytes for text messages.
+
+        Raises:
+            ConnectionClosedOK: the connection closed normally (1000/1001).
+            ConnectionClosedError: it closed with an error or without a
+                closing handshake.
+            ConcurrencyError: another coroutine is already waiting in recv().
+        """
+        if self._recv_waiter is not None:
+            raise ConcurrencyError(
+                "cannot call recv while another coroutine is already running recv"
+            )
+        while not self._messages:
+            if self._closed_waiter.done():
+                raise self._close_exc()
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._recv_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._recv_waiter = None
+        message = self._pop_message()
+        if decode is None:
+            return message
+        if decode and isinstance(message, bytes):
+            return message.decode()
+        if not decode and isinstance(message, str):
+            return message.encode()
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Data]:
+        """Yield messages; stop on a normal close, raise ConnectionClosedError otherwise."""
+        try:
+            while True:
+                yield await self.recv()
+        except ConnectionClosedOK:
+            return
+
+    # -------------------------------------------------------------- sending
+
+    def _flush(self) -> None:
+        """Write what the protocol has queued; start closing when it is not OPEN."""
+        protocol = self._protocol
+        assert protocol is not None
+        chunks = protocol.data_to_send()
+        if chunks:
+            if len(chunks) == 1:
+                self._transport.write(chunks[0])
+            else:
+                self._transport.writelines(chunks)
+        if protocol.state is not State.OPEN:
+            self._closing_started()
+
+    def _closing_started(self) -> None:
+        protocol = self._protocol
+        assert protocol is not None
+        transport = self._transport
+        # RFC 6455 7.1.1: "the server SHOULD close the underlying TCP
+        # connection first" once the closing handshake is done.
+        if protocol.close_transport_now() and not transport.is_closing():
+            transport.close()
+        elif self._queue_full:
+            self._update_reading()  # read the peer's close frame past unread messages
+        if self._close_handle is None and not self._closed_waiter.done():
+            timeout = self._options.close_timeout
+            if timeout is not None:
+                self._close_handle = self._loop.call_later(timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._close_handle = None
+        if not self._closed_waiter.done():
+            if self._debug:
+                self.logger.debug("closing handshake timed out: dropping the TCP connection")
+            self._transport.abort()
+
+    async def _drain(self) -> None:
+        """Wait while the transport's write buffer is above write_limit."""
+        while self._write_paused and not self._closed_waiter.done():
+            waiter = self._drain_waiter
+            if waiter is None:
+                waiter = self._drain_waiter = self._loop.create_future()
+            await asyncio.shield(waiter)
+
+    async def _raise_closed(self) -> None:
+        """The connection is not OPEN: wait until it is closed, then raise ConnectionClosed."""
+        if self._protocol is None and not self._closed_waiter.done():
+            raise ConnectionClosedError(None, None, None)  # still handshaking
+        await asyncio.shield(self._closed_waiter)
+        raise self._close_exc()
+
+    async def _wait_fragmented(self) -> None:
+        while self._fragmented is not None:
+            await asyncio.shield(self._fragmented)
+
+    async def send(self, message: Any, text: bool | None = None) -> None:
+        """Send a message.
+
+        ``str`` is sent as a text frame; ``bytes``, ``bytearray`` and
+        ``memoryview`` as a binary frame (``text=True`` sends bytes as text
+        and ``text=False`` sends str as binary). An iterable or an async
+        iterable of ``str`` (or of bytes-likes) sends one fragmented message,
+        one frame per item; other senders wait until it is complete.
+
+        Waits while the transport's write buffer is above ``write_limit``.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: ``message`` is a mapping or an unsupported type, or a
+                fragmented message mixes str and bytes.
+        """
+        if self._fragmented is not None:
+            await self._wait_fragmented()
+        protocol = self._protocol
+        if (protocol is None or protocol.state is not State.OPEN) and isinstance(
+            message, (str, bytes, bytearray, memoryview)
+        ):
+            await self._raise_closed()
+        if isinstance(message, str):
+            assert protocol is not None
+            if text is False:
+                protocol.send_binary(message.encode())
+            else:
+                protocol.send_text(message.encode())
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            assert protocol is not None
+            if text:
+                protocol.send_text(bytes(message))
+            else:
+                protocol.send_binary(message)
+        elif isinstance(message, Mapping):
+            raise TypeError("data is a dict-like object")
+        elif isinstance(message, Iterable):
+            await self._send_fragments(iter(message), text)
+            return
+        elif isinstance(message, AsyncIterable):
+            await self._send_fragments(aiter(message), text)
+            return
+        else:
+            raise TypeError("data must be str, bytes, iterable, or async iterable")
+        _registry_stats.messages_out += 1
+        self._flush()
+        if self._write_paused:
+            await self._drain()
+
+    async def _send_fragments(self, fragments: Any, text: bool | None) -> None:
+        """Send the items of an iterator or async iterator as one fragmented message."""
+        is_async = not hasattr(fragments, "__next__")
+
+        async def next_fragment() -> Any:
+            try:
+                return (await anext(fragments)) if is_async else next(fragments)
+            except (StopIteration, StopAsyncIteration):
+                return _END
+
+        first = await next_fragment()
+        if first is _END:
+            return  # an empty iterable sends nothing, like websockets
+        if isinstance(first, str):
+            kind: type = str
+            is_text = text is not False
+        elif isinstance(first, (bytes, bytearray, memoryview)):
+            kind = bytes
+            is_text = bool(text)
+        else:
+            raise TypeError("iterable must contain bytes or str")
+        if self._fragmented is not None:
+            await self._wait_fragmented()
+        protocol = self._protocol
+        if protocol is None or protocol.state is not State.OPEN:
+            await self._raise_closed()
+        assert protocol is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._fragmented = done
+        try:
+            chunk = _encode_fragment(first, kind)
+            if is_text:
+                protocol.send_text(chunk, fin=False)
+            else:
+                protocol.send_binary(chunk, fin=False)
+            self._flush()
+            await self._drain()
+            while True:
+                fragment = await next_fragment()
+                if fragment is _END:
+                    break
+                chunk = _encode_fragment(fragment, kind)
+                if protocol.state is not State.OPEN:
+                    await self._raise_closed()
+                protocol.send_continuation(chunk, fin=False)
+                self._flush()
+                await self._drain()
+            if protocol.state is not State.OPEN:
+                await self._raise_closed()
+            protocol.send_continuation(b"", fin=True)
+            _registry_stats.messages_out += 1
+            self._flush()
+        except BaseException:
+            # Half a message cannot be taken back: the connection is unusable.
+            if protocol.state is State.OPEN:
+                protocol.fail(1011, "error in fragmented message")
+                self._flush()
+            raise
+        finally:
+            self._fragmented = None
+            done.set_result(None)
+        await self._drain()
+
+    async def ping(self, data: str | bytes | bytearray | memoryview | None = None) -> Awaitable[float]:
+        """Send a ping; return a future resolving to the round-trip latency (seconds).
+
+        ``data`` defaults to four random bytes; a ``str`` is sent as UTF-8.
+        A pong answers every ping sent before the one it matches.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed (the future
+                also raises it when the connection closes before the pong).
+            ConcurrencyError: a ping with the same payload awaits its pong.
+        """
+        if isinstance(data, str):
+            payload: bytes | None = data.encode()
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            payload = bytes(data)
+        elif data is None:
+            payload = None
+        else:
+            raise TypeError("data must be str or bytes-like")
+        protocol = self._protocol
+        if protocol is None or protocol.state is not State.OPEN:
+            await self._raise_closed()
+        if payload is not None and payload in self._pending_pings:
+            raise ConcurrencyError("already waiting for a pong with the same data")
+        return self._send_ping(payload)
+
+    def _send_ping(self, payload: bytes | None) -> asyncio.Future[float]:
+        protocol = self._protocol
+        assert protocol is not None
+        while payload is None or payload in self._pending_pings:
+            payload = os.urandom(4)
+        protocol.send_ping(payload)  # raises LocalProtocolError over 125 bytes
+        pong_waiter: asyncio.Future[float] = self._loop.create_future()
+        self._pending_pings[payload] = (pong_waiter, self._loop.time())
+        self._flush()
+        return pong_waiter
+
+    def _acknowledge_pings(self, data: bytes) -> None:
+        pending = self._pending_pings
+        if data not in pending:
+            return  # unsolicited pong: allowed, ignored
+        now = self._loop.time()
+        acknowledged = []
+        # "a Pong frame sent in response to a Ping frame must have identical
+        # Application data"; an endpoint MAY answer only the most recent ping,
+        # so one pong acknowledges every earlier ping too.
+        for key, (pong_waiter, sent_at) in pending.items():
+            acknowledged.append(key)
+            latency = now - sent_at
+            if not pong_waiter.done():
+                pong_waiter.set_result(latency)
+            if key == data:
+                self.latency = latency
+                break
+        for key in acknowledged:
+            del pending[key]
+
+    async def pong(self, data: str | bytes | bytearray | memoryview = b"") -> None:
+        """Send an unsolicited pong (a one-way heartbeat).
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+        """
+        if isinstance(data, str):
+            payload = data.encode()
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            payload = bytes(data)
+        else:
+            raise TypeError("data must be str or bytes-like")
+        protocol = self._protocol
+        if protocol is None or protocol.state is not State.OPEN:
+            await self._raise_closed()
+        assert protocol is not None
+        protocol.send_pong(payload)
+        self._flush()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake, and wait until the TCP connection is closed.
+
+        Waits up to ``close_timeout`` for the client's close frame, then drops
+        the TCP connection. Idempotent: does nothing more once closing.
+
+        Raises:
+            LocalProtocolError (a ProtocolError): ``code`` is not a valid
+                close code, or ``reason`` is longer than 123 bytes in UTF-8.
+        """
+        protocol = self._protocol
+        if protocol is None:
+            # Still in the opening handshake: nothing to close but TCP.
+            if not self._closed_waiter.done():
+                self._transport.close()
+        elif protocol.state is State.OPEN:
+            if self._fragmented is not None:
+                protocol.fail(1011, "close during fragmented message")
+            else:
+                protocol.send_close(code, reason)
+            self._flush()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the TCP connection is closed (closing handshake included)."""
+        await asyncio.shield(self._closed_waiter)
+
+    def _close_exc(self) -> ConnectionClosed:
+        """The exception telling how the connection closed (websockets' rules)."""
+        protocol = self._protocol
+        if protocol is None:
+            return ConnectionClosedError(None, None, None)
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
+        exc_type: type[ConnectionClosed]
+        if (
+            rcvd is not None
+            and sent is not None
+            and rcvd.code in OK_CLOSE_CODES
+            and sent.code in OK_CLOSE_CODES
+        ):
+            exc_type = ConnectionClosedOK
+        else:
+            exc_type = ConnectionClosedError
+        exc = exc_type(rcvd, sent, protocol.close_rcvd_then_sent)
+        if protocol.failure is not None:
+            exc.__cause__ = protocol.failure
+        return exc
+
+    # ------------------------------------------------------------- keepalive
+
+    def _start_keepalive(self) -> None:
+        interval = self._options.ping_interval
+        if interval:
+            self._keepalive_handle = self._loop.call_later(interval, self._keepalive_ping)
+
+    def _keepalive_ping(self) -> None:
+        self._keepalive_handle = None
+        protocol = self._protocol
+        if protocol is None or protocol.state is not State.OPEN:
+            return
+        pong_waiter = self._send_ping(None)
+        if self._debug:
+            self.logger.debug("sent keepalive ping")
+        timeout = self._options.ping_timeout
+        if timeout:
+            self._keepalive_handle = self._loop.call_later(
+                timeout, self._keepalive_timed_out, pong_waiter
+            )
+        pong_waiter.add_done_callback(self._keepalive_pong)
+
+    def _keepalive_pong(self, pong_waiter: asyncio.Future[float]) -> None:
+        if pong_waiter.cancelled() or pong_waiter.exception() is not None:
+            return
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+        latency = pong_waiter.result()
+        interval = self._options.ping_interval
+        assert interval
+        protocol = self._protocol
+        if protocol is not None and protocol.state is State.OPEN:
+            self._keepalive_handle = self._loop.call_later(
+                max(0.0, interval - latency), self._keepalive_ping
+            )
+
+    def _keepalive_timed_out(self, pong_waiter: asyncio.Future[float]) -> None:
+        self._keepalive_handle = None
+        protocol = self._protocol
+        if pong_waiter.done() or protocol is None or protocol.state is not State.OPEN:
+            return
+        if self._debug:
+            self.logger.debug("timed out waiting for keepalive pong")
+        protocol.fail(1011, "keepalive ping timeout")
+        self._flush()
+
+    # ------------------------------------------------------------ handshake
+
+    def _send_rejection(self, response: Response) -> None:
+        """Write a non-101 response and close the TCP connection."""
+        self.response = response
+        headers = response.headers
+        if "Connection" not in headers:
+            headers["Connection"] = "close"
+        server_header = self._options.server_header
+        if server_header and "Server" not in headers:
+            headers["Server"] = server_header
+        if not self._transport.is_closing():
+            self._transport.write(response.serialize())
+            self._transport.close()
+
+    async def _call_hook(self, name: str, hook: Any, *args: Any) -> Response | None:
+        """Run process_request / process_response (sync or async); errors give a 500."""
+        try:
+            result = hook(self, *args)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            self.handshake_exc = exc
+            self.logger.error("opening handshake failed: %s raised", name, exc_info=True)
+            return reject(
+                500,
+                "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+            )
+        if result is not None and not isinstance(result, Response):
+            self.logger.error("opening handshake failed: %s returned %r", name, result)
+            return reject(
+                500,
+                "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+            )
+        return result
+
+    async def _handshake(self) -> bool:
+        """Answer the opening handshake; True when the connection is OPEN."""
+        await self._request_waiter
+        request = self.request
+        if request is None or self._transport.is_closing():
+            return False
+        options = self._options
+        response: Response | None = None
+        if options.auth_hook is not None:
+            response = await self._call_hook("basic_auth", options.auth_hook, request)
+        if response is None and options.process_request is not None:
+            response = await self._call_hook("process_request", options.process_request, request)
+        extensions: list[Any] = []
+        if response is None:
+            select = options.select_subprotocol
+            try:
+                response, self.subprotocol, extensions = accept(
+                    request,
+                    subprotocols=options.subprotocols,
+                    select_subprotocol=(
+                        None if select is None else (lambda offered: select(self, offered))
+                    ),
+                    extensions=options.extensions,
+                    origins=options.origins,
+                    server_header=options.server_header or None,
+                )
+            except InvalidHandshake as exc:
+                self.handshake_exc = exc
+                self.logger.info("opening handshake failed: %s", exc)
+                response = error_response(exc)
+            except Exception as exc:
+                self.handshake_exc = exc
+                self.logger.error("opening handshake failed", exc_info=True)
+                response = reject(500, "Failed to open a WebSocket connection.\n")
+            else:
+                if options.extra_headers is not None:
+                    self._apply_extra_headers(response, request)
+        if options.process_response is not None:
+            replaced = await self._call_hook(
+                "process_response", options.process_response, request, response
+            )
+            if replaced is not None:
+                response = replaced
+        # Do not open a connection while the server shuts down (websockets
+        # answers 503 too); no await between this check and the write.
+        if response.status_code == 101 and not self._server.is_serving():
+            response = reject(503, "Server is shutting down.\n")
+        if self._transport.is_closing():
+            return False
+        if response.status_code != 101:
+            self._send_rejection(response)
+            return False
+        self.response = response
+        self._extensions = extensions
+        protocol = Connection(
+            Side.SERVER,
+            max_size=options.max_size,
+            extensions=extensions,
+            state=State.OPEN,
+        )
+        self._protocol = protocol
+        self._transport.write(response.serialize())
+        self._handshaking = False
+        self._update_reading()
+        if self._early:
+            early = b"".join(self._early)
+            self._early = []
+            self._process_events(protocol.receive_data(early))
+        return True
+
+    def _apply_extra_headers(self, response: Response, request: Request) -> None:
+        extra: Any = self._options.extra_headers
+        if callable(extra):
+            extra = extra(self, request)
+            if extra is None:
+                return
+        if isinstance(extra, Headers):
+            items: Iterable[tuple[str, str]] = list(extra.raw_items())
+        elif isinstance(extra, Mapping):
+            items = list(extra.items())
+        else:
+            items = list(extra)
+        headers = response.headers
+        for name, value in items:
+            # The application's Server header replaces ours.
+            if name.lower() == "server" and "Server" in headers:
+                del headers["Server"]
+            headers[name] = value
+
+    async def _run(self) -> None:
+        """The connection's task: handshake, then the handler, then close."""
+        options = self._options
+        try:
+            try:
+                async with asyncio.timeout(options.open_timeout):
+                    opened = await self._handshake()
+            except TimeoutError:
+                self.handshake_exc = TimeoutError("timed out during opening handshake")
+                self.logger.info("opening handshake failed: timed out after %s s", options.open_timeout)
+                self._transport.abort()
+                return
+            except Exception:
+                self.logger.error("opening handshake failed", exc_info=True)
+                self._transport.abort()
+                return
+            if not opened:
+                return
+            self._server._opened(self)
+            registry.add(self)
+            if self._debug:
+                self.logger.debug("connection open")
+            self._start_keepalive()
+            try:
+                await options.handler(self)
+            except Exception:
+                self.logger.error("connection handler failed", exc_info=True)
+                await self.close(1011)
+            else:
+                await self.close()
+        except BaseException:
+            # Cancelled (loop shutting down): never leak the socket.
+            if not self._closed_waiter.done():
+                self._transport.abort()
+            raise
+        finally:
+            if self._task is not None:
+                self._server._tasks.discard(self._task)
+
+
+def _encode_fragment(fragment: Any, kind: type) -> bytes:
+    if kind is str:
+        if not isinstance(fragment, str):
+            raise TypeError("iterable must contain uniform types")
+        return fragment.encode()
+    if not isinstance(fragment, (bytes, bytearray, memoryview)):
+        raise TypeError("iterable must contain uniform types")
+    return bytes(fragment)
+
+
+_END = object()
