@@ -103,12 +103,14 @@ class Response:
         self,
         status_code: int,
         reason_phrase: str = "",
-        body_or_headers: BodyLike | HeadersLike = b"",
+        body_or_headers: BodyLike | HeadersLike | None = None,
         body: BodyLike | None = None,
         *,
         headers: HeadersLike | None = None,
     ) -> None:
-        if isinstance(body_or_headers, (bytes, bytearray, memoryview, str)):
+        if body_or_headers is None:
+            pass
+        elif isinstance(body_or_headers, (bytes, bytearray, memoryview, str)):
             if body is not None:
                 raise TypeError("Response() got the body twice")
             body = body_or_headers
@@ -259,9 +261,8 @@ class RequestParser:
             # a line terminator": we do not, and reject the message.
             if end == start or buf[end - 1] != 0x0D:
                 raise InvalidMessage("line not terminated by CRLF")
+            # The search limit guarantees len(line) <= max_line here.
             line = bytes(buf[start : end - 1])
-            if len(line) > self.max_line:
-                self._line_too_long()
             # RFC 9112 section 2.2: "A sender MUST NOT generate a bare CR
             # [...] A recipient of such a bare CR MUST consider that element
             # to be invalid": a CR left inside the line is a bare CR.
