@@ -192,8 +192,8 @@ class ServerConnection(asyncio.Protocol):
     # ------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not subclass asyncio.Transport: no isinstance check.
+        self._transport = transport  # type: ignore[assignment]
         self._local_address = transport.get_extra_info("sockname")
         self._remote_address = transport.get_extra_info("peername")
         high, low = self._options.write_limits
