@@ -131,7 +131,6 @@ class PerMessageDeflate:
         "share_key",
         "_decoder",
         "_encoder",
-        "_produced",
     )
 
     def __init__(
@@ -160,8 +159,6 @@ class PerMessageDeflate:
         # corresponding side does not take over its context.
         self._decoder: zlib._Decompress | None = None
         self._encoder: zlib._Compress | None = None
-        # Bytes inflated so far for the message being received.
-        self._produced = 0
 
     def __repr__(self) -> str:
         return (
@@ -181,14 +178,16 @@ class PerMessageDeflate:
         """Inflate one frame's payload of a compressed message.
 
         Call it for every frame of a message whose first frame had RSV1 set,
-        ``fin`` as in the frame. ``max_length`` caps the whole message
-        (None: no cap): the total returned for one message never exceeds it,
-        and zlib is never asked for more than ``max_length + 1`` bytes minus
-        what the message already produced, so a decompression bomb costs at
-        most that much memory whatever the compression ratio.
+        ``fin`` as in the frame. ``max_length`` caps what this call returns
+        (None: no cap); the caller passes what is left of its message size
+        limit (``max_size`` minus what earlier frames of the message
+        produced), as :class:`~shardws.protocol.connection.Connection` does.
+        zlib is never asked for more than ``max_length + 1`` bytes, so a
+        decompression bomb costs at most that much memory whatever the
+        compression ratio.
 
-        Raises :class:`~shardws.exceptions.PayloadTooBig` (1009) as soon as
-        the message would exceed ``max_length`` (the flush of the appended
+        Raises :class:`~shardws.exceptions.PayloadTooBig` (1009) when the
+        frame inflates to more than ``max_length`` (the flush of the appended
         tail included), :class:`~shardws.exceptions.RemoteProtocolError`
         (1002) on data that is not valid DEFLATE. After either, this object
         must not be used again (the connection fails).
@@ -201,9 +200,9 @@ class PerMessageDeflate:
             # RFC 7692 section 7.2.2: "Append 4 octets of 0x00 0x00 0xff 0xff
             # to the tail end of the payload of the message."
             data = data + _TAIL
-        # limit + 1 bytes: a message of exactly max_length bytes passes,
-        # one byte more is seen and refused.
-        limit = -1 if max_length is None else max_length - self._produced
+        # zlib is asked for limit + 1 bytes: a message of exactly max_length
+        # bytes passes, one byte more is seen and refused.
+        limit = -1 if max_length is None else max_length
         try:
             out = self._inflate(decoder, data, limit)
             # RFC 7692 section 7.2.3.4: a peer may end a block with BFINAL set
@@ -220,17 +219,13 @@ class PerMessageDeflate:
         except zlib.error as exc:
             self._decoder = None
             raise RemoteProtocolError(f"invalid compressed data: {exc}") from None
-        if fin:
-            self._produced = 0
-            # RFC 7692 section 7.2.2: "If the "agreed parameters" contain the
-            # "client_no_context_takeover" extension parameter, the server MAY
-            # decompress each new message with an empty LZ77 sliding window.
-            # Otherwise, the server MUST decompress each new message using the
-            # LZ77 sliding window used to process the last compressed message."
-            if self.remote_no_context_takeover:
-                self._decoder = None
-        else:
-            self._produced += len(out)
+        # RFC 7692 section 7.2.2: "If the "agreed parameters" contain the
+        # "client_no_context_takeover" extension parameter, the server MAY
+        # decompress each new message with an empty LZ77 sliding window.
+        # Otherwise, the server MUST decompress each new message using the
+        # LZ77 sliding window used to process the last compressed message."
+        if fin and self.remote_no_context_takeover:
+            self._decoder = None
         return out
 
     def _inflate(self, decoder: zlib._Decompress, data: bytes, limit: int) -> bytes:
@@ -245,7 +240,7 @@ class PerMessageDeflate:
         # in unconsumed_tail: either way the message is over the limit.
         if len(out) > limit or decoder.unconsumed_tail:
             self._decoder = None
-            raise PayloadTooBig(f"decompressed message over {limit + self._produced} bytes")
+            raise PayloadTooBig("decompressed message over max_size")
         return out
 
     # -------------------------------------------------------------- sending
