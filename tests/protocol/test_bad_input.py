@@ -62,7 +62,8 @@ BAD_INPUT = [
     Case("RSV3 with deflate", client(OP_BINARY, b"a", rsv=RSV3), 1002, deflate=True),
     Case(
         "RSV1 on continuation with deflate",
-        client(OP_TEXT, deflate(b"a", b"")[0], fin=False, rsv=RSV1) + client(OP_CONT, b"\x00", rsv=RSV1),
+        client(OP_TEXT, deflate(b"a", b"")[0], fin=False, rsv=RSV1)
+        + client(OP_CONT, b"\x00", rsv=RSV1),
         1002,
         deflate=True,
     ),
@@ -75,7 +76,9 @@ BAD_INPUT = [
     Case("pong of 126 bytes", client(OP_PONG, bytes(126)), 1002),
     Case("close of 126 bytes", close(1000, bytes(124)), 1002),
     Case("close with a 16-bit length field", bytes((0x88, 0xFE)) + (5).to_bytes(2, "big"), 1002),
-    Case("ping with a 64-bit length (127 code)", bytes((0x89, 0xFF)) + (5).to_bytes(8, "big"), 1002),
+    Case(
+        "ping with a 64-bit length (127 code)", bytes((0x89, 0xFF)) + (5).to_bytes(8, "big"), 1002
+    ),
     Case("fragmented ping", client(OP_PING, b"x", fin=False), 1002),
     Case("fragmented pong", client(OP_PONG, b"x", fin=False), 1002),
     Case("fragmented close", client(OP_CLOSE, b"\x03\xe8", fin=False), 1002),
@@ -88,13 +91,20 @@ BAD_INPUT = [
     ),
     Case(
         "new binary frame during fragmented message, after a ping",
-        client(OP_BINARY, b"a", fin=False) + client(OP_PING, b"p") + client(OP_BINARY, b"b", fin=False),
+        client(OP_BINARY, b"a", fin=False)
+        + client(OP_PING, b"p")
+        + client(OP_BINARY, b"b", fin=False),
         1002,
         events=[],  # Ping is checked separately (see test_events_before_failure)
     ),
     Case("64-bit length with MSB set", raw(0x82, length=2**63), 1002),
     Case("64-bit length all ones", raw(0x82, length=2**64 - 1), 1002),
-    Case("corrupt compressed data", client(OP_TEXT, b"\xff\xff\xff\xff", rsv=RSV1), 1002, deflate=True),
+    Case(
+        "corrupt compressed data",
+        client(OP_TEXT, b"\xff\xff\xff\xff", rsv=RSV1),
+        1002,
+        deflate=True,
+    ),
     Case("close payload of 1 byte", client(OP_CLOSE, b"\x03"), 1002),
     *[
         Case(f"invalid close code {code}", close(code), 1002)
@@ -115,7 +125,12 @@ BAD_INPUT = [
         + client(OP_CONT, bytes(400)),
         1009,
     ),
-    Case("compressed message over max_size", client(OP_BINARY, deflate(bytes(5000))[0], rsv=RSV1), 1009, deflate=True),
+    Case(
+        "compressed message over max_size",
+        client(OP_BINARY, deflate(bytes(5000))[0], rsv=RSV1),
+        1009,
+        deflate=True,
+    ),
     Case(
         "compressed fragments over max_size",
         client(OP_BINARY, deflate(bytes(1000), bytes(100))[0], fin=False, rsv=RSV1)
@@ -125,8 +140,16 @@ BAD_INPUT = [
     ),
     # --- UTF-8 (1007)
     Case("invalid UTF-8 in a single frame", client(OP_TEXT, b"Hello\xff"), 1007),
-    Case("fail fast: invalid first fragment only", client(OP_TEXT, KOSME + b"\xf4\x90\x80\x80", fin=False), 1007),
-    Case("fail fast: surrogate prefix ED A0 in first fragment", client(OP_TEXT, KOSME + b"\xed\xa0", fin=False), 1007),
+    Case(
+        "fail fast: invalid first fragment only",
+        client(OP_TEXT, KOSME + b"\xf4\x90\x80\x80", fin=False),
+        1007,
+    ),
+    Case(
+        "fail fast: surrogate prefix ED A0 in first fragment",
+        client(OP_TEXT, KOSME + b"\xed\xa0", fin=False),
+        1007,
+    ),
     Case(
         "fail fast: second fragment completes an invalid sequence",
         client(OP_TEXT, KOSME + b"\xf4", fin=False) + client(OP_CONT, b"\x90", fin=False),
@@ -147,7 +170,12 @@ BAD_INPUT = [
     ),
     Case("invalid UTF-8 close reason", close(1000, b"\xff"), 1007),
     Case("surrogate in close reason", close(1001, b"\xed\xa0\x80"), 1007),
-    Case("invalid UTF-8 in compressed text", client(OP_TEXT, deflate(b"ok\xff")[0], rsv=RSV1), 1007, deflate=True),
+    Case(
+        "invalid UTF-8 in compressed text",
+        client(OP_TEXT, deflate(b"ok\xff")[0], rsv=RSV1),
+        1007,
+        deflate=True,
+    ),
     Case(
         "invalid UTF-8 in a compressed first fragment",
         client(OP_TEXT, deflate(b"\xed\xa0\x80", b"")[0], fin=False, rsv=RSV1),
@@ -158,7 +186,9 @@ BAD_INPUT = [
     Case("message then bad opcode", client(OP_TEXT, b"ok") + client(3), 1002, events=["ok"]),
     Case(
         "fragmented message then RSV2",
-        client(OP_BINARY, b"a", fin=False) + client(OP_CONT, b"b") + client(OP_BINARY, b"c", rsv=RSV2),
+        client(OP_BINARY, b"a", fin=False)
+        + client(OP_CONT, b"b")
+        + client(OP_BINARY, b"c", rsv=RSV2),
         1002,
         events=[b"ab"],
     ),
@@ -170,7 +200,9 @@ def _server(deflate: bool) -> Connection:
         return Connection(Side.SERVER, max_size=MAX_SIZE)
     from shardws.protocol.deflate import PerMessageDeflate
 
-    return Connection(Side.SERVER, max_size=MAX_SIZE, extensions=[PerMessageDeflate(False, False, 15, 15)])
+    return Connection(
+        Side.SERVER, max_size=MAX_SIZE, extensions=[PerMessageDeflate(False, False, 15, 15)]
+    )
 
 
 def test_table_size() -> None:

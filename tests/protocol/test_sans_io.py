@@ -23,7 +23,9 @@ def imported_modules(tree: ast.AST) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
         elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__":
-            names.update(arg.value.split(".")[0] for arg in node.args[:1] if isinstance(arg, ast.Constant))
+            names.update(
+                arg.value.split(".")[0] for arg in node.args[:1] if isinstance(arg, ast.Constant)
+            )
     return names
 
 

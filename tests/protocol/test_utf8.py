@@ -57,7 +57,9 @@ def test_decode_whole_and_split(name: str, data: bytes, valid: bool) -> None:
 
 def _is_valid_prefix(data: bytes) -> bool:
     """Reference: can ``data`` be continued into valid UTF-8?"""
-    tails = [bytes(t) for n in range(4) for t in itertools.product((0x80, 0x90, 0xA0, 0xBF), repeat=n)]
+    tails = [
+        bytes(t) for n in range(4) for t in itertools.product((0x80, 0x90, 0xA0, 0xBF), repeat=n)
+    ]
     for tail in tails:
         try:
             (data + tail).decode()

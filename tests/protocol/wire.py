@@ -9,7 +9,9 @@ from shardws.speedups import py_apply_mask
 MASK = bytes([0x37, 0xFA, 0x21, 0x3D])  # the key of RFC 6455 section 5.7
 
 
-def raw(b0: int, payload: bytes = b"", *, mask: bytes | None = MASK, length: int | None = None) -> bytes:
+def raw(
+    b0: int, payload: bytes = b"", *, mask: bytes | None = MASK, length: int | None = None
+) -> bytes:
     """One frame with first byte ``b0``; ``length`` overrides the declared length
     (then only the header, mask key included, is returned)."""
     n = len(payload) if length is None else length
