@@ -193,10 +193,16 @@ def test_corrupt_data_fails_with_1002(bits: int, messages: list[list[str]]) -> N
     assert info.value.close_code == 1002
 
 
-def test_window_8_inflates_a_short_window_stream() -> None:
-    # The same kind of data, repeated within 250 bytes: fine with a 256-byte window.
-    data = bytes(range(100)) * 5
-    assert receive(pmd(remote_bits=8), [_raw(data, wbits=9)]) == data
+@pytest.mark.parametrize("frame_size", [1, 7, 1000])
+def test_window_8_inflates_a_zlib_window_9_stream(frame_size: int) -> None:
+    """A client told client_max_window_bits=8 deflates with 9 bits (zlib's minimum).
+
+    zlib's deflate only emits distances up to 2**wbits - 262, i.e. 250 with
+    9 bits, so a 256-byte window inflates it, even fed in small frames.
+    """
+    data = bytes(range(100)) * 5 + bytes(range(256)) * 3
+    compressed = _raw(data, wbits=9)
+    assert receive(pmd(remote_bits=8), _chunks(compressed, frame_size)) == data
 
 
 # ------------------------------------------------------ bounded inflation
