@@ -197,7 +197,7 @@ class ServerConnection(asyncio.Protocol):
         self._local_address = transport.get_extra_info("sockname")
         self._remote_address = transport.get_extra_info("peername")
         high, low = self._options.write_limits
-        transport.set_write_buffer_limits(high, low)
+        self._transport.set_write_buffer_limits(high, low)
         self._server._register(self)
         # The task exists from now on, so that Server.close() sees it.
         self._task = self._loop.create_task(self._run())
