@@ -26,6 +26,7 @@ from .protocol.connection import State  # noqa: E402
 from .protocol.frames import Close  # noqa: E402
 from .protocol.headers import Headers, HeadersLike, MultipleValuesError  # noqa: E402
 from .protocol.http11 import Request, Response  # noqa: E402
+from .supervisor import current_worker, run  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -48,4 +49,7 @@ __all__ = [
     "MultipleValuesError",
     "State",
     "Close",
+    # multiprocess (shardws.supervisor)
+    "run",
+    "current_worker",
 ]

@@ -18,9 +18,14 @@ from typing import Any
 __all__ = ["ServeSettings", "SupervisorSettings", "setting_fields", "markdown_table"]
 
 
-def _opt(default: Any, help: str, *, cli: bool = True, metavar: str | None = None) -> Any:
-    """A dataclass field carrying its CLI help text."""
-    return field(default=default, metadata={"help": help, "cli": cli, "metavar": metavar})
+def _opt(
+    default: Any, help: str, *, cli: bool = True, metavar: str | None = None, zero_is_none: bool = False
+) -> Any:
+    """A dataclass field carrying its CLI help text (``zero_is_none``: the CLI reads 0 as None)."""
+    return field(
+        default=default,
+        metadata={"help": help, "cli": cli, "metavar": metavar, "zero_is_none": zero_is_none},
+    )
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,8 @@ class ServeSettings:
         "deflate", 'permessage-deflate ("deflate") or no compression ("none")', metavar="{deflate,none}"
     )
     max_size: int | None = _opt(
-        2**20, "largest incoming message in bytes (0 or none: no limit)", metavar="BYTES"
+        2**20, "largest incoming message in bytes (0 or none: no limit)", metavar="BYTES",
+        zero_is_none=True,
     )
     max_queue: int | None = _opt(
         2**5, "incoming messages kept unread before reading from the socket pauses", metavar="N"
@@ -42,7 +48,8 @@ class ServeSettings:
         metavar="BYTES",
     )
     ping_interval: float | None = _opt(
-        20.0, "seconds between keepalive pings (0 or none: no keepalive)", metavar="SECONDS"
+        20.0, "seconds between keepalive pings (0 or none: no keepalive)", metavar="SECONDS",
+        zero_is_none=True,
     )
     ping_timeout: float | None = _opt(
         20.0, "seconds to wait for the pong before closing with 1011", metavar="SECONDS"
