@@ -8,6 +8,8 @@
  *   apply_mask(data, mask, /) -> bytes
  *   unmask_inplace(buffer, mask, offset=0, /) -> None
  *   parse_header(buf, offset, /) -> tuple | None
+ *   scan_frames(buf, offset, require_mask, max_size, rsv1_allowed, /)
+ *       -> (list[tuple[int, bytes, bool, bool]], int)
  *
  * RFC 6455 section 5.3: "octet i of the transformed data
  * ("transformed-octet-i") is the XOR of octet i of the original data
@@ -376,12 +378,149 @@ incomplete:
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(scan_frames_doc,
+"scan_frames(buf, offset, require_mask, max_size, rsv1_allowed, /)\n"
+"    -> (list[tuple[int, bytes, bool, bool]], int)\n\n"
+"Decode the run of complete, valid frames starting at buf[offset] into\n"
+"(opcode, payload, fin, rsv1) tuples, payloads unmasked, and return them\n"
+"with the offset after the last one. The scan stops BEFORE the first\n"
+"frame that is incomplete or breaks a rule (unknown opcode; RSV2/RSV3;\n"
+"RSV1 unless rsv1_allowed, and then only on text/binary frames;\n"
+"fragmented control frame; mask bit != require_mask; control payload\n"
+"> 125; 64-bit length with the most significant bit set; data payload\n"
+"> max_size, None = unbounded) -- it never raises for the peer's faults:\n"
+"the caller's frame parser reports those -- and stops AFTER a frame with\n"
+"FIN clear or a close frame (their receiver may change max_size or stop\n"
+"reading). Raises ValueError for an offset outside [0, len(buf)].");
+
+static PyObject *
+scan_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer buf;
+    Py_ssize_t pos, end;
+    int require_mask, rsv1_allowed, overflow = 0;
+    long long max_size = 0;
+    int unbounded;
+    const uint8_t *base;
+    PyObject *frames = NULL, *result;
+
+    if (check_nargs("scan_frames", nargs, 5, 5) < 0) {
+        return NULL;
+    }
+    if (get_bytes_view(args[0], &buf, "scan_frames", "buf", 0) < 0) {
+        return NULL;
+    }
+    if (get_offset(args[1], buf.len, &pos) < 0) {
+        goto error;
+    }
+    if ((require_mask = PyObject_IsTrue(args[2])) < 0) {
+        goto error;
+    }
+    unbounded = args[3] == Py_None;
+    if (!unbounded) {
+        PyObject *index = PyNumber_Index(args[3]);
+        if (index == NULL) {
+            goto error;
+        }
+        max_size = PyLong_AsLongLongAndOverflow(index, &overflow);
+        Py_DECREF(index);
+        if (max_size == -1 && PyErr_Occurred()) {
+            goto error;
+        }
+        if (overflow > 0) {
+            unbounded = 1; /* above any length a frame can declare */
+        }
+        /* overflow < 0: max_size stays -1, below every length */
+    }
+    if ((rsv1_allowed = PyObject_IsTrue(args[4])) < 0) {
+        goto error;
+    }
+    frames = PyList_New(0);
+    if (frames == NULL) {
+        goto error;
+    }
+    base = (const uint8_t *)buf.buf;
+    end = buf.len;
+    while (end - pos >= 2) {
+        const uint8_t *p = base + pos;
+        uint8_t b0 = p[0], b1 = p[1];
+        int opcode = b0 & 0x0f, fin = (b0 & 0x80) != 0, rsv1 = (b0 & 0x40) != 0;
+        int control = (opcode & 0x08) != 0;
+        Py_ssize_t header = 2, avail = end - pos;
+        uint64_t length = b1 & 0x7f;
+        PyObject *payload, *frame;
+
+        /* The checks of FrameParser, in short: stop and let it raise. */
+        if (opcode > 0xA || (opcode > 2 && opcode < 8)) break;
+        if (b0 & 0x30) break;
+        if (rsv1 && (!rsv1_allowed || (opcode != 1 && opcode != 2))) break;
+        if (control && !fin) break;
+        if (((b1 & 0x80) != 0) != (require_mask != 0)) break;
+        if (length == 126) {
+            if (control || avail < 4) break;
+            length = ((uint64_t)p[2] << 8) | p[3];
+            header = 4;
+        }
+        else if (length == 127) {
+            if (control || avail < 10) break;
+            length = 0;
+            for (int i = 2; i < 10; i++) {
+                length = (length << 8) | p[i];
+            }
+            if (length >> 63) break;
+            header = 10;
+        }
+        if (!control && !unbounded && (long long)length > max_size) break;
+        if (require_mask) {
+            header += 4;
+        }
+        if ((uint64_t)(avail - header) < length || avail < header) break;
+
+        payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+        if (payload == NULL) {
+            goto error;
+        }
+        if (require_mask) {
+            do_mask(p + header, (uint8_t *)PyBytes_AS_STRING(payload),
+                    (Py_ssize_t)length, p + header - 4);
+        }
+        else {
+            memcpy(PyBytes_AS_STRING(payload), p + header, (size_t)length);
+        }
+        frame = PyTuple_New(4);
+        if (frame == NULL) {
+            Py_DECREF(payload);
+            goto error;
+        }
+        PyTuple_SET_ITEM(frame, 0, PyLong_FromLong(opcode)); /* small int: cached */
+        PyTuple_SET_ITEM(frame, 1, payload);
+        PyTuple_SET_ITEM(frame, 2, Py_NewRef(fin ? Py_True : Py_False));
+        PyTuple_SET_ITEM(frame, 3, Py_NewRef(rsv1 ? Py_True : Py_False));
+        if (PyList_Append(frames, frame) < 0) {
+            Py_DECREF(frame);
+            goto error;
+        }
+        Py_DECREF(frame);
+        pos += header + (Py_ssize_t)length;
+        if (!fin || opcode == 8) break;
+    }
+    PyBuffer_Release(&buf);
+    result = Py_BuildValue("(Nn)", frames, pos);
+    return result;
+
+error:
+    Py_XDECREF(frames);
+    PyBuffer_Release(&buf);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL, apply_mask_doc},
     {"unmask_inplace", (PyCFunction)(void (*)(void))unmask_inplace, METH_FASTCALL,
      unmask_inplace_doc},
     {"parse_header", (PyCFunction)(void (*)(void))parse_header, METH_FASTCALL,
      parse_header_doc},
+    {"scan_frames", (PyCFunction)(void (*)(void))scan_frames, METH_FASTCALL, scan_frames_doc},
     {NULL, NULL, 0, NULL},
 };
 

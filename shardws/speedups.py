@@ -19,6 +19,9 @@ made when this module is imported.
                      on ``buffer[offset:]``
 ``parse_header``     ``(buf, offset, /) -> tuple | None``: decode one frame
                      header (see :func:`py_parse_header`)
+``scan_frames``      ``(buf, offset, require_mask, max_size, rsv1_allowed, /)
+                     -> (frames, end)``: decode every complete valid frame
+                     in a row (see :func:`py_scan_frames`)
 ``C_SPEEDUPS``       ``True`` when the helpers are the C ones
 ``MASK_IMPL``        the masking loop in use: ``"avx2"``, ``"sse2"``,
                      ``"words64"`` (C) or ``"python"``
@@ -50,7 +53,9 @@ __all__ = [
     "parse_header",
     "py_apply_mask",
     "py_parse_header",
+    "py_scan_frames",
     "py_unmask_inplace",
+    "scan_frames",
     "unmask_inplace",
 ]
 
@@ -59,6 +64,9 @@ BytesLike = bytes | bytearray | memoryview
 #: ``(fin, rsv1, rsv2, rsv3, opcode, masked, payload_length, header_length,
 #: mask_key)`` as returned by :func:`parse_header`.
 Header = tuple[bool, bool, bool, bool, int, bool, int, int, bytes | None]
+
+#: ``(opcode, payload, fin, rsv1)`` as returned by :func:`scan_frames`.
+FrameTuple = tuple[int, bytes, bool, bool]
 
 _FAST_TYPES = (bytes, bytearray)
 
@@ -198,11 +206,109 @@ def py_parse_header(buf: BytesLike, offset: SupportsIndex, /) -> Header | None:
     )
 
 
+def _scan_table(rsv1_allowed: bool) -> tuple[bool, ...]:
+    """For each first header byte: may :func:`scan_frames` take the frame?"""
+    table = []
+    for b0 in range(256):
+        opcode = b0 & 0x0F
+        table.append(
+            opcode in (0x0, 0x1, 0x2, 0x8, 0x9, 0xA)
+            and not b0 & 0x30
+            and (not b0 & 0x40 or (rsv1_allowed and opcode in (0x1, 0x2)))
+            and (opcode < 0x8 or b0 & 0x80 != 0)
+        )
+    return tuple(table)
+
+
+_SCAN_OK = _scan_table(False)
+_SCAN_OK_RSV1 = _scan_table(True)
+
+
+def py_scan_frames(
+    buf: BytesLike,
+    offset: SupportsIndex,
+    require_mask: object,
+    max_size: SupportsIndex | None,
+    rsv1_allowed: object,
+    /,
+) -> tuple[list[FrameTuple], int]:
+    """Decode the run of complete, valid frames that starts at ``buf[offset]``.
+
+    Returns ``(frames, end)``: the frames as ``(opcode, payload, fin, rsv1)``
+    tuples, payloads unmasked (``bytes``), and the offset after the last one.
+
+    The scan stops *before* the first frame that is incomplete or breaks a
+    rule -- unknown opcode; RSV2 or RSV3 set; RSV1 set unless
+    ``rsv1_allowed``, and then only on text/binary frames; a fragmented
+    control frame; the mask bit differing from ``require_mask``; a control
+    payload over 125 bytes; a 64-bit length with its most significant bit
+    set; a data payload over ``max_size`` (``None``: unbounded) -- and never
+    raises for it: the frame parser that calls it re-reads that frame and
+    reports the error. It stops *after* a frame with FIN clear or a close
+    frame, whose receiver may change ``max_size`` or stop reading. Raises
+    ``ValueError`` for an offset outside ``[0, len(buf)]``, ``TypeError``
+    when ``max_size`` is neither ``None`` nor an integer.
+    """
+    data: BytesLike
+    if type(buf) in _FAST_TYPES:
+        data = buf
+    else:
+        data = _octets(_view(buf, "scan_frames", "buf"))
+    pos = _offset(offset, len(data))
+    mask_bit = 0x80 if require_mask else 0
+    limit = None if max_size is None else operator.index(max_size)
+    allowed = _SCAN_OK_RSV1 if rsv1_allowed else _SCAN_OK
+    frames: list[FrameTuple] = []
+    end = len(data)
+    while end - pos >= 2:
+        b0 = data[pos]
+        b1 = data[pos + 1]
+        if not allowed[b0] or b1 & 0x80 != mask_bit:
+            break
+        length = b1 & 0x7F
+        start = pos + 2
+        if length > 125:
+            if b0 & 0x08:
+                break
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = (data[start] << 8) | data[start + 1]
+                start += 2
+            else:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(data[start : start + 8], "big")
+                start += 8
+                if length >> 63:
+                    break
+        if limit is not None and length > limit and not b0 & 0x08:
+            break
+        if mask_bit:
+            stop = start + 4 + length
+            if stop > end:
+                break
+            payload = _xor(data[start + 4 : stop], bytes(data[start : start + 4]))
+        else:
+            stop = start + length
+            if stop > end:
+                break
+            payload = bytes(data[start:stop])
+        frames.append((b0 & 0x0F, payload, b0 > 0x7F, b0 & 0x40 != 0))
+        pos = stop
+        if b0 < 0x80 or b0 & 0x0F == 0x8:
+            break
+    return frames, pos
+
+
 C_SPEEDUPS = False
 MASK_IMPL = "python"
 apply_mask: Callable[[BytesLike, BytesLike], bytes] = py_apply_mask
 unmask_inplace: Callable[..., None] = py_unmask_inplace
 parse_header: Callable[[BytesLike, int], Header | None] = py_parse_header
+scan_frames: Callable[
+    [BytesLike, int, bool, int | None, bool], tuple[list[FrameTuple], int]
+] = py_scan_frames
 
 if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
     try:
@@ -218,5 +324,6 @@ if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
         apply_mask = _speedups.apply_mask
         unmask_inplace = _speedups.unmask_inplace
         parse_header = _speedups.parse_header
+        scan_frames = _speedups.scan_frames
         MASK_IMPL = _speedups.MASK_IMPL
         C_SPEEDUPS = True

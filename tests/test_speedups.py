@@ -30,11 +30,13 @@ IMPLS = {
         "apply_mask": c_impl.apply_mask,
         "unmask_inplace": c_impl.unmask_inplace,
         "parse_header": c_impl.parse_header,
+        "scan_frames": c_impl.scan_frames,
     },
     "py": {
         "apply_mask": speedups.py_apply_mask,
         "unmask_inplace": speedups.py_unmask_inplace,
         "parse_header": speedups.py_parse_header,
+        "scan_frames": speedups.py_scan_frames,
     },
 }
 
@@ -186,6 +188,154 @@ def test_parse_header_twins(buf: bytes, offset_frac: float, as_view: bool) -> No
     assert c_impl.parse_header(arg, offset) == speedups.py_parse_header(arg, offset)
 
 
+# ---------------------------------------------------------- scan_frames
+
+KNOWN_OPCODES = {0x0, 0x1, 0x2, 0x8, 0x9, 0xA}
+
+
+def reference_scan(
+    buf: bytes, pos: int, require_mask: bool, max_size: int | None, rsv1_allowed: bool
+) -> tuple[list[tuple[int, bytes, bool, bool]], int]:
+    """scan_frames written plainly from its contract, on top of parse_header."""
+    frames = []
+    while (header := speedups.py_parse_header(buf, pos)) is not None:
+        fin, rsv1, rsv2, rsv3, opcode, masked, length, header_length, key = header
+        control = opcode >= 0x8
+        valid = (
+            opcode in KNOWN_OPCODES
+            and not rsv2
+            and not rsv3
+            and (not rsv1 or (rsv1_allowed and opcode in (0x1, 0x2)))
+            and (fin or not control)
+            and masked == require_mask
+            # control frames: 7-bit length field only ("125 bytes or less",
+            # and "the minimal number of bytes MUST be used")
+            and (header_length == (6 if masked else 2) or not control)
+            and length < 2**63
+            and (control or max_size is None or length <= max_size)
+        )
+        if not valid or pos + header_length + length > len(buf):
+            break
+        payload = buf[pos + header_length : pos + header_length + length]
+        if key is not None:
+            payload = speedups.py_apply_mask(payload, key)  # checked against reference_mask
+        frames.append((opcode, payload, fin, rsv1))
+        pos += header_length + length
+        if not fin or opcode == 0x8:
+            break
+    return frames, pos
+
+
+def encode_frame(b0: int, masked: bool, payload: bytes, width: int, declared: int | None) -> bytes:
+    """One frame; width 7/16/64 picks the length field (non-minimal allowed)."""
+    length = len(payload) if declared is None else declared
+    mask_bit = 0x80 if masked else 0
+    if width == 7 and length < 126:
+        head = bytes((b0, mask_bit | length))
+    elif width in (7, 16) and length < 65536:
+        head = bytes((b0, mask_bit | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((b0, mask_bit | 127)) + length.to_bytes(8, "big")
+    if masked:
+        key = bytes((b0, 0x5A, len(payload) & 0xFF, 0xC3))
+        return head + key + speedups.py_apply_mask(payload, key)
+    return head + payload
+
+
+likely_first_bytes = st.one_of(
+    st.sampled_from([0x81, 0x82, 0x01, 0x00, 0x80, 0x88, 0x89, 0x8A, 0xC1, 0xC2, 0x41, 0xC0]),
+    st.integers(0, 255),
+)
+frame_specs = st.tuples(
+    likely_first_bytes,
+    st.booleans(),  # masked
+    st.one_of(
+        st.binary(max_size=130),
+        st.builds(lambda n, byte: byte * n, st.integers(65530, 65540), st.binary(min_size=1, max_size=1)),
+    ),
+    st.sampled_from([7, 7, 7, 16, 64]),
+    st.one_of(st.none(), st.none(), st.none(), st.sampled_from([2**63, 2**63 + 5, 2**40, 1])),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    specs=st.lists(frame_specs, max_size=6),
+    cut=st.floats(0, 1.2),
+    junk=st.binary(max_size=3),
+    require_mask=st.booleans(),
+    max_size=st.sampled_from([None, 0, 1, 10, 125, 126, 65535, 2**70, -1, -(2**70)]),
+    rsv1_allowed=st.booleans(),
+    as_view=st.booleans(),
+)
+def test_scan_frames_twins(
+    specs: list[tuple[int, bool, bytes, int, int | None]],
+    cut: float,
+    junk: bytes,
+    require_mask: bool,
+    max_size: int | None,
+    rsv1_allowed: bool,
+    as_view: bool,
+) -> None:
+    wire = junk + b"".join(encode_frame(*spec) for spec in specs)
+    wire = wire[: max(len(junk), int(len(wire) * cut))]
+    expected = reference_scan(wire, len(junk), require_mask, max_size, rsv1_allowed)
+    arg: bytes | bytearray | memoryview = memoryview(wire) if as_view else bytearray(wire)
+    for impl in IMPLS.values():
+        frames, end = impl["scan_frames"](arg, len(junk), require_mask, max_size, rsv1_allowed)
+        assert (frames, end) == expected
+        assert all(type(frame[1]) is bytes for frame in frames)
+
+
+SCAN_CASES = [
+    # (wire, require_mask, max_size, rsv1_allowed, expected opcodes, expected end)
+    (b"\x82\x80abcd" * 3, True, None, False, [2, 2, 2], 18),
+    (b"\x82\x80abcd\x82\x00", True, None, False, [2], 6),  # unmasked frame on a server
+    (b"\x82\x00\x82\x80abcd", False, None, False, [2], 2),  # masked frame on a client
+    (b"\x02\x00\x80\x00\x82\x00", False, None, False, [2], 2),  # stops after FIN clear
+    (b"\x88\x00\x82\x00", False, None, False, [8], 2),  # stops after close
+    (b"\x89\x00\x8a\x00\x82\x00", False, None, False, [9, 10, 2], 6),  # ping, pong go on
+    (b"\x82\x05hello\x82\x06hello!", False, 5, False, [2], 7),  # over max_size
+    (b"\x89\x05hello", False, 0, False, [9], 7),  # max_size is for data frames
+    (b"\x82\x05hello", False, -1, False, [], 0),
+    (b"\x82\x05hel", False, None, False, [], 0),  # incomplete
+    (b"\xc1\x00\x82\x00", False, None, True, [1, 2], 4),
+    (b"\xc1\x00", False, None, False, [], 0),  # RSV1 without an extension
+    (b"\xc0\x00", False, None, True, [], 0),  # RSV1 on a continuation
+    (b"\xc9\x00", False, None, True, [], 0),  # RSV1 on a ping
+    (b"\xa2\x00", False, None, True, [], 0),  # RSV2
+    (b"\x92\x00", False, None, True, [], 0),  # RSV3
+    (b"\x83\x00", False, None, False, [], 0),  # reserved opcode
+    (b"\x8b\x00", False, None, False, [], 0),  # reserved control opcode
+    (b"\x09\x00", False, None, False, [], 0),  # fragmented ping
+    (b"\x89\x7e\x00\x7e" + b"x" * 126, False, None, False, [], 0),  # control > 125
+    (b"\x82\x7f" + (2**63).to_bytes(8, "big"), False, None, False, [], 0),  # length MSB
+    (b"\x88\x7e\x00\x00", False, None, False, [], 0),  # control, non-minimal length
+    (b"\x82\x7e\x00\x01x", False, None, False, [2], 5),  # data: non-minimal is tolerated
+    (b"\x82\x7e\x00", False, None, False, [], 0),  # incomplete 16-bit length
+    (b"\x82\x7f\x00\x00\x00\x00\x00\x00\x00", False, None, False, [], 0),  # incomplete 64-bit
+    (b"", True, None, False, [], 0),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    ("wire", "require_mask", "max_size", "rsv1_allowed", "opcodes", "end"), SCAN_CASES
+)
+def test_scan_frames_cases(
+    impl: str,
+    wire: bytes,
+    require_mask: bool,
+    max_size: int | None,
+    rsv1_allowed: bool,
+    opcodes: list[int],
+    end: int,
+) -> None:
+    frames, stop = IMPLS[impl]["scan_frames"](wire, 0, require_mask, max_size, rsv1_allowed)
+    assert ([frame[0] for frame in frames], stop) == (opcodes, end)
+    assert (frames, stop) == reference_scan(wire, 0, require_mask, max_size, rsv1_allowed)
+
+
 # ----------------------------------------------------------- bad input
 
 readonly = memoryview(bytearray(b"abcdefgh")).toreadonly()
@@ -222,6 +372,13 @@ BAD_INPUTS = [
     ("parse_header", (b"\x81\x00", 3)),
     ("parse_header", (b"\x81\x00", None)),
     ("parse_header", (strided, 0)),
+    ("scan_frames", ("text", 0, True, None, False)),
+    ("scan_frames", (strided, 0, True, None, False)),
+    ("scan_frames", (b"\x82\x00", 3, True, None, False)),
+    ("scan_frames", (b"\x82\x00", -1, True, None, False)),
+    ("scan_frames", (b"\x82\x00", 0, True, "10", False)),
+    ("scan_frames", (b"\x82\x00", 0, True, 1.5, False)),
+    ("scan_frames", (b"\x82\x00", "0", True, None, False)),
 ]
 
 
@@ -240,6 +397,8 @@ WRONG_ARITY = [
     ("unmask_inplace", (bytearray(4), b"abcd", 0, 0)),
     ("parse_header", (b"\x81\x00",)),
     ("parse_header", (b"\x81\x00", 0, 0)),
+    ("scan_frames", (b"\x82\x00", 0, True, None)),
+    ("scan_frames", (b"\x82\x00", 0, True, None, False, 0)),
 ]
 
 
