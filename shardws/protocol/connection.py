@@ -195,7 +195,7 @@ class Connection:
         max_size: int | None = 2**20,
         extensions: Sequence[MessageExtension] = (),
         state: State = State.OPEN,
-        max_pending_pongs: int = 8,
+        max_pending_pongs: int = 32,
         mask_key_factory: Callable[[], bytes] = _random_mask_key,
     ) -> None:
         if len(extensions) > 1:
@@ -220,6 +220,9 @@ class Connection:
         )
         self._mask_key_factory = mask_key_factory
         self._out: list[bytes] = []
+        # 32 by default: peers that send a burst of pings (Autobahn case 2.10
+        # sends 10 at once) still get every pong; a flood costs at most
+        # 32 * 127 bytes of pongs per read.
         self._max_pending_pongs = max_pending_pongs
         self._pending_pongs = 0
         self._last_pong = 0

@@ -352,6 +352,13 @@ def test_ping_flood_queues_bounded_pongs() -> None:
     assert frames_sent(conn) == [Frame(OP_PONG, b"a"), Frame(OP_PONG, b"b")]
 
 
+def test_burst_of_pings_all_answered_by_default() -> None:
+    """Autobahn 2.10: ten pings in one read, ten pongs in order."""
+    conn = Connection()
+    conn.receive_data(b"".join(client(OP_PING, b"payload-%d" % i) for i in range(10)))
+    assert frames_sent(conn) == [Frame(OP_PONG, b"payload-%d" % i) for i in range(10)]
+
+
 def test_pong_replacement_keeps_other_frames() -> None:
     conn = Connection(max_pending_pongs=1)
     conn.receive_data(client(OP_PING, b"1"))
