@@ -206,15 +206,20 @@ def _control_path(args: argparse.Namespace) -> tuple[str, int | None]:
             pid = int(f.read().split()[0])
     if args.control:
         return args.control, pid
-    if pid is not None:
+    if pid is not None:  # the Unix socket of that process which answers a status request
         import psutil
 
         try:
-            for conn in psutil.Process(pid).net_connections(kind="unix"):
-                if isinstance(conn.laddr, str) and conn.laddr.endswith(".ctl"):
-                    return conn.laddr, pid
+            paths = [c.laddr for c in psutil.Process(pid).net_connections(kind="unix")
+                     if isinstance(c.laddr, str) and c.laddr]
         except psutil.Error:
-            pass
+            paths = []
+        for path in sorted(paths, key=lambda p: not p.endswith(".ctl")):
+            try:
+                if request(path, {"command": "status"}, timeout=1.0).get("ok"):
+                    return path, pid
+            except (OSError, ValueError):
+                continue
     return default_control_path(args.port, args.uds), pid
 
 
