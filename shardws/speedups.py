@@ -114,6 +114,13 @@ def _offset(obj: SupportsIndex, length: int) -> int:
     return offset
 
 
+_IDENTITY = int.from_bytes(bytes(range(256)), "big")
+# _XOR_TABLES[k] maps each byte b to b ^ k, for bytes.translate.
+_XOR_TABLES = [(_IDENTITY ^ int.from_bytes(bytes((k,)) * 256, "big")).to_bytes(256, "big") for k in range(256)]
+# Below this size one big-integer XOR is faster; above, four translations.
+_TRANSLATE_AT = 512
+
+
 def _xor(data: BytesLike, mask: bytes) -> bytes:
     """``data`` (flat bytes) XOR ``mask`` repeated, mask octet 0 at data[0]."""
     n = len(data)
@@ -121,9 +128,16 @@ def _xor(data: BytesLike, mask: bytes) -> bytes:
         return b""
     # RFC 6455 section 5.3: "octet i of the transformed data is the XOR of
     # octet i of the original data with octet at index i modulo 4 of the
-    # masking key". One big-integer XOR does all octets at once.
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
-    return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
+    # masking key".
+    if n < _TRANSLATE_AT:
+        # All octets at once, as one big-integer XOR.
+        key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
+        return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
+    # The octets with index i modulo 4 == j, all through one table.
+    out = bytearray(data)
+    for j in range(4):
+        out[j::4] = out[j::4].translate(_XOR_TABLES[mask[j]])
+    return bytes(out)
 
 
 def py_apply_mask(data: BytesLike, mask: BytesLike, /) -> bytes:

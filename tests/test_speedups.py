@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardws import speedups
+from shardws.protocol.connection import Connection, Side, State
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -334,6 +335,59 @@ def test_scan_frames_cases(
     frames, stop = IMPLS[impl]["scan_frames"](wire, 0, require_mask, max_size, rsv1_allowed)
     assert ([frame[0] for frame in frames], stop) == (opcodes, end)
     assert (frames, stop) == reference_scan(wire, 0, require_mask, max_size, rsv1_allowed)
+
+
+# ------------------------------------- frame parser: batch == one by one
+
+
+def no_scan(buf: Any, offset: int, *args: Any) -> tuple[list[Any], int]:
+    """A scan_frames that decodes nothing: the parser decodes frame by frame."""
+    return [], offset
+
+
+def drive_connection(
+    wire: bytes, chunk: int, max_size: int | None, scan: bool
+) -> tuple[list[Any], str | None, list[bytes], str]:
+    """Feed ``wire`` to a server Connection; what the application would see."""
+    with pytest.MonkeyPatch.context() as patch:
+        if not scan:
+            patch.setattr(speedups, "scan_frames", no_scan)
+        connection = Connection(Side.SERVER, max_size=max_size, state=State.OPEN)
+        events: list[Any] = []
+        for start in range(0, len(wire), chunk):
+            events.extend(connection.receive_data(wire[start : start + chunk]))
+    failure = connection.failure
+    return (
+        events,
+        None if failure is None else f"{type(failure).__name__}: {failure}",
+        connection.data_to_send(),
+        connection.state.name,
+    )
+
+
+message_frames = st.tuples(
+    st.sampled_from([0x81, 0x82, 0x01, 0x02, 0x00, 0x80, 0x88, 0x89, 0x8A, 0xC2, 0x83]),
+    st.just(True),  # masked, as a client must
+    st.one_of(st.sampled_from([b"", b"hi", b"\x03\xe8bye", "é".encode()]), st.binary(max_size=300)),
+    st.sampled_from([7, 7, 7, 16, 64]),
+    st.one_of(st.none(), st.none(), st.none(), st.none(), st.sampled_from([2**63, 2**40])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    specs=st.lists(message_frames, max_size=8),
+    chunk=st.sampled_from([1, 3, 7, 64, 65536]),
+    max_size=st.sampled_from([None, 0, 2, 100, 300, 2**20]),
+)
+def test_connection_same_with_and_without_scan(
+    specs: list[tuple[int, bool, bytes, int, int | None]], chunk: int, max_size: int | None
+) -> None:
+    """The batch decoder changes nothing a Connection reports, error or not."""
+    wire = b"".join(encode_frame(*spec) for spec in specs)
+    assert drive_connection(wire, chunk, max_size, scan=True) == drive_connection(
+        wire, chunk, max_size, scan=False
+    )
 
 
 # ----------------------------------------------------------- bad input

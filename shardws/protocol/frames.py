@@ -232,12 +232,23 @@ class FrameParser:
     masked) and False on a client (server frames must not be). ``max_size``
     bounds the payload of each *data* frame (control frames are bounded by
     125 bytes); the owner may lower it while a message is being assembled.
+    A new ``max_size`` applies to the frames not decoded yet: decoding runs
+    ahead (in batches) at most up to the next frame with FIN clear.
     ``rsv1_allowed`` is True when permessage-deflate was negotiated.
 
     Not thread-safe.
     """
 
-    __slots__ = ("max_size", "_buf", "_pos", "_errors", "_mask_bit")
+    __slots__ = (
+        "max_size",
+        "_buf",
+        "_pos",
+        "_errors",
+        "_mask_bit",
+        "_rsv1_allowed",
+        "_ready",
+        "_next",
+    )
 
     def __init__(
         self, *, require_mask: bool, max_size: int | None, rsv1_allowed: bool = False
@@ -247,6 +258,10 @@ class FrameParser:
         self._pos = 0
         self._errors = _ERRORS_RSV1 if rsv1_allowed else _ERRORS_NO_RSV1
         self._mask_bit = 0x80 if require_mask else 0
+        self._rsv1_allowed = rsv1_allowed
+        # Frames decoded by speedups.scan_frames, handed out one by one.
+        self._ready: list[tuple[int, bytes, bool, bool]] = []
+        self._next = 0
 
     @property
     def buffered(self) -> int:
@@ -288,6 +303,28 @@ class FrameParser:
 
     def next_frame_tuple(self) -> tuple[int, bytes, bool, bool] | None:
         """Like :meth:`next_frame`, as ``(opcode, payload, fin, rsv1)`` (the fast path)."""
+        ready = self._ready
+        i = self._next
+        if i < len(ready):
+            self._next = i + 1
+            return ready[i]
+        # One call decodes the run of complete frames that pass every check
+        # of _decode_one (C speedups: about 3x faster on small frames). It
+        # stops after a frame with FIN clear, where the owner may lower
+        # max_size, and before any frame that _decode_one must judge.
+        ready, pos = speedups.scan_frames(
+            self._buf, self._pos, self._mask_bit != 0, self.max_size, self._rsv1_allowed
+        )
+        self._ready = ready
+        if ready:
+            self._pos = pos
+            self._next = 1
+            return ready[0]
+        self._next = 0
+        return self._decode_one()
+
+    def _decode_one(self) -> tuple[int, bytes, bool, bool] | None:
+        """Decode the next frame by itself, raising for any broken rule."""
         buf = self._buf
         pos = self._pos
         end = len(buf)
