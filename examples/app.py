@@ -9,18 +9,18 @@ Every text message is echoed back (``echo: ...``); a message starting with
 
 import os
 
-try:  # the shardws core; the websockets library until it lands
-    from shardws.asyncio import broadcast
-except ImportError:  # pragma: no cover
-    from websockets.asyncio.server import broadcast
-
 import shardws
+from shardws import ConnectionClosed, broadcast
 
 CONNECTIONS: set = set()
 
 
 async def handler(websocket):
-    """Greet, then echo each message; ``/all TEXT`` broadcasts TEXT."""
+    """Greet, then echo each message; ``/all TEXT`` broadcasts TEXT.
+
+    A rolling restart closes connections with 1012 (service restart): the
+    client should reconnect; it is not an error of this handler.
+    """
     CONNECTIONS.add(websocket)
     try:
         await websocket.send(f"hello from worker {shardws.current_worker()} (pid {os.getpid()})")
@@ -29,5 +29,7 @@ async def handler(websocket):
                 broadcast(CONNECTIONS, message[5:])
             else:
                 await websocket.send(f"echo: {message}" if isinstance(message, str) else message)
+    except ConnectionClosed:
+        pass
     finally:
         CONNECTIONS.discard(websocket)
