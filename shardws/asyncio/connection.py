@@ -25,9 +25,11 @@ opening handshake being processed       reading pauses until the 101 is sent
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import inspect
 import logging
 import os
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
@@ -73,14 +75,54 @@ class ServerConnection(asyncio.Protocol):
     then).
     """
 
+    # Slots keep a connection small (servers hold 100k of them); __dict__
+    # stays so that applications can attach their own attributes, as they do
+    # with websockets (it is only allocated when they do).
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_server",
+        "_options",
+        "_loop",
+        "id",
+        "_logger",
+        "_debug",
+        "request",
+        "response",
+        "subprotocol",
+        "username",
+        "latency",
+        "handshake_exc",
+        "_transport",
+        "_local_address",
+        "_remote_address",
+        "_parser",
+        "_early",
+        "_protocol",
+        "_extensions",
+        "_request_waiter",
+        "_closed_waiter",
+        "_task",
+        "_messages",
+        "_queued_bytes",
+        "_recv_waiter",
+        "_queue_full",
+        "_handshaking",
+        "_write_paused",
+        "_reading_paused",
+        "_drain_waiter",
+        "_fragmented",
+        "_pending_pings",
+        "_keepalive_handle",
+        "_close_handle",
+    )
+
     def __init__(self, server: Server, options: _Options, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
         self._options = options
         self._loop = loop
         self.id: uuid.UUID = uuid.uuid4()
-        self.logger: logging.LoggerAdapter[Any] = logging.LoggerAdapter(
-            options.logger, {"websocket": self}
-        )
+        self._logger: logging.LoggerAdapter[Any] | None = None
         self._debug = options.logger.isEnabledFor(logging.DEBUG)
         self.request: Request | None = None
         self.response: Response | None = None
@@ -116,6 +158,13 @@ class ServerConnection(asyncio.Protocol):
         self._close_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ properties
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[Any]:
+        """The server's logger with ``{"websocket": connection}`` as extra (websockets' style)."""
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(self._options.logger, {"websocket": self})
+        return self._logger
 
     @property
     def state(self) -> State:
@@ -735,6 +784,11 @@ class ServerConnection(asyncio.Protocol):
         server_header = self._options.server_header
         if server_header and "Server" not in headers:
             headers["Server"] = server_header
+        # RFC 9110 6.6.1: "An origin server with a clock MUST generate a Date
+        # header field in all 2xx (Successful), 3xx (Redirection), and 4xx
+        # (Client Error) responses".
+        if "Date" not in headers:
+            headers["Date"] = http_date()
         if not self._transport.is_closing():
             self._transport.write(response.serialize())
             self._transport.close()
@@ -812,6 +866,8 @@ class ServerConnection(asyncio.Protocol):
         if response.status_code != 101:
             self._send_rejection(response)
             return False
+        if "Date" not in response.headers:
+            response.headers["Date"] = http_date()
         self.response = response
         self._extensions = extensions
         protocol = Connection(
@@ -887,6 +943,18 @@ class ServerConnection(asyncio.Protocol):
         finally:
             if self._task is not None:
                 self._server._tasks.discard(self._task)
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The current time as an HTTP ``Date`` value (computed once per second)."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
+    return _date_cache[1]
 
 
 def _encode_fragment(fragment: Any, kind: type) -> bytes:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..config import ServeSettings
 from ..protocol.deflate import enable_server_permessage_deflate
+from ..protocol.frames import serialize_close
 from ..protocol.handshake import default_server_header
 from .connection import ServerConnection
 
@@ -150,7 +151,11 @@ class Server:
         leaves open connections alone (their handlers end them). ``code``
         and ``reason`` go in every close frame: the supervisor's rolling
         restart uses 1012 (service restart). Idempotent.
+
+        Raises:
+            LocalProtocolError: ``code`` or ``reason`` cannot be sent.
         """
+        serialize_close(code, reason)  # LocalProtocolError now, not in every connection's task
         if self._close_task is None:
             self._close_task = self.loop.create_task(self._close(close_connections, code, reason))
 
