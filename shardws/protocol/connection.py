@@ -186,6 +186,9 @@ class Connection:
         "_msg_size",
         "_utf8",
         "_send_fragmented",
+        "_partial_id",
+        "_partial_done",
+        "_partial_utf8",
     )
 
     def __init__(
@@ -235,6 +238,12 @@ class Connection:
         self._msg_size = 0
         self._utf8 = IncrementalUTF8Decoder()
         self._send_fragmented = False
+        # Fail-fast validation of a text frame still arriving: which frame
+        # (its stream offset), how many payload bytes were checked, and the
+        # decoder that checked them.
+        self._partial_id = -1
+        self._partial_done = 0
+        self._partial_utf8 = self._utf8
         # Connections whose keys are equal and not None send identical bytes
         # for the same message; None means plain (uncompressed, unmasked)
         # frames, shared by every such connection.
@@ -306,6 +315,8 @@ class Connection:
             while True:
                 frame = next_frame()
                 if frame is None:
+                    if parser.buffered:
+                        self._check_partial_text()
                     break
                 opcode, payload, fin, rsv1 = frame
                 if opcode & 0x08:
@@ -386,6 +397,32 @@ class Connection:
             message = b"".join(self._msg_parts)
             self._msg_parts = []
         return message
+
+    def _check_partial_text(self) -> None:
+        """Validate the UTF-8 received so far of an incomplete text frame.
+
+        RFC 6455 section 8.1 asks to fail "as soon as" invalid UTF-8 shows;
+        a large text frame arriving over many reads is checked as it comes
+        (Autobahn cases 6.4.3 and 6.4.4), not only when it is complete.
+        Compressed messages are checked frame by frame, after inflating.
+        """
+        partial = self._parser.partial_frame()
+        if partial is None:
+            return
+        frame_id, opcode, rsv1, available = partial
+        if frame_id != self._partial_id:
+            if opcode == OP_TEXT and not rsv1 and not self._msg_opcode:
+                decoder = IncrementalUTF8Decoder()
+            elif opcode == OP_CONT and self._msg_opcode == OP_TEXT and not self._msg_compressed:
+                decoder = self._utf8.copy()
+            else:
+                return
+            self._partial_id = frame_id
+            self._partial_done = 0
+            self._partial_utf8 = decoder
+        if available > self._partial_done:
+            self._partial_utf8.decode(self._parser.partial_payload(self._partial_done))
+            self._partial_done = available
 
     def _answer_ping(self, payload: bytes) -> None:
         # RFC 6455 section 5.5.2: "Upon receipt of a Ping frame, an endpoint

@@ -248,6 +248,7 @@ class FrameParser:
         "_rsv1_allowed",
         "_ready",
         "_next",
+        "_base",
     )
 
     def __init__(
@@ -262,6 +263,8 @@ class FrameParser:
         # Frames decoded by speedups.scan_frames, handed out one by one.
         self._ready: list[tuple[int, bytes, bool, bool]] = []
         self._next = 0
+        # Stream offset of self._buf[0]: bytes fed and dropped before it.
+        self._base = 0
 
     @property
     def buffered(self) -> int:
@@ -272,6 +275,7 @@ class FrameParser:
         """Append bytes received from the peer."""
         buf = self._buf
         pos = self._pos
+        self._base += pos
         if pos == len(buf):
             # Nothing pending: keep the caller's bytes as they are (no copy).
             self._buf = data if type(data) is bytes else bytes(data)
@@ -382,3 +386,48 @@ class FrameParser:
                 payload = bytes(memoryview(buf)[start:stop])
         self._pos = stop
         return b0 & 0x0F, payload, b0 > 0x7F, b0 & 0x40 != 0
+
+    def _partial_header(self) -> tuple[int, int, int] | None:
+        """``(first byte, payload start, payload length available)`` of the
+        frame at the read offset, None while its header is incomplete."""
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        if end - pos < 2:
+            return None
+        length = buf[pos + 1] & 0x7F
+        start = pos + 2 + (2 if length == 126 else 8 if length == 127 else 0)
+        if self._mask_bit:
+            start += 4
+        if start > end:
+            return None
+        return buf[pos], start, end - start
+
+    def partial_frame(self) -> tuple[int, int, bool, int] | None:
+        """Describe the incomplete frame left once :meth:`next_frame` returned None.
+
+        Returns ``(frame_id, opcode, rsv1, available)``: ``frame_id`` is the
+        frame's offset in the byte stream (the same on every call until the
+        frame completes), ``available`` the payload bytes received so far.
+        None while the header itself is incomplete. Lets the owner validate
+        a text payload before it is complete (fail fast).
+        """
+        header = self._partial_header()
+        if header is None:
+            return None
+        b0, _, available = header
+        return self._base + self._pos, b0 & 0x0F, b0 & 0x40 != 0, available
+
+    def partial_payload(self, skip: int) -> bytes:
+        """The unmasked payload bytes received so far of the incomplete frame, after the first ``skip``."""
+        header = self._partial_header()
+        assert header is not None
+        _, start, _ = header
+        buf = self._buf
+        data = buf[start + skip :]
+        if not self._mask_bit:
+            return bytes(data)
+        mask = buf[start - 4 : start]
+        # Payload octet i is masked with mask octet i % 4 (section 5.3).
+        shift = skip % 4
+        return speedups.apply_mask(data, mask[shift:] + mask[:shift])

@@ -67,6 +67,12 @@ class IncrementalUTF8Decoder:
                 raise InvalidUTF8("invalid UTF-8: encoded surrogate")
         return text
 
+    def copy(self) -> IncrementalUTF8Decoder:
+        """A new decoder in the same state (same partial sequence pending)."""
+        clone = IncrementalUTF8Decoder()
+        clone._decoder.setstate(self._decoder.getstate())
+        return clone
+
     def reset(self) -> None:
         """Forget any partial sequence (e.g. when the message is abandoned)."""
         self._decoder.reset()

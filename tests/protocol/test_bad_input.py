@@ -155,6 +155,21 @@ BAD_INPUT = [
         client(OP_TEXT, KOSME + b"\xf4", fin=False) + client(OP_CONT, b"\x90", fin=False),
         1007,
     ),
+    Case(
+        "fail fast: invalid bytes in an incomplete frame",
+        client(OP_TEXT, KOSME + b"\xf4\x90\x80\x80" + b"edited" * 30)[: 8 + len(KOSME) + 2],
+        1007,
+    ),
+    Case(
+        "fail fast: invalid bytes in an incomplete continuation frame",
+        client(OP_TEXT, KOSME + b"\xce", fin=False) + client(OP_CONT, b"\xff" + bytes(200))[:10],
+        1007,
+    ),
+    Case(
+        "fail fast: unfinished 2-byte sequence then ASCII in an incomplete frame",
+        client(OP_TEXT, b"\xc3" + b"a" * 200)[:10],
+        1007,
+    ),
     Case("overlong 2-byte encoding", client(OP_TEXT, b"\xc0\xaf"), 1007),
     Case("overlong 3-byte encoding", client(OP_TEXT, b"\xe0\x80\xaf"), 1007),
     Case("overlong 4-byte encoding", client(OP_TEXT, b"\xf0\x80\x80\xaf"), 1007),

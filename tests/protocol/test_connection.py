@@ -121,6 +121,67 @@ def test_size_budget_restored_after_message() -> None:
     assert conn.failure is None
 
 
+# ------------------------------------------------- fail fast inside a frame
+
+
+def test_autobahn_6_4_3_invalid_chunk_fails_before_frame_completes() -> None:
+    """One text frame in three reads: the read with invalid bytes fails at once."""
+    kosme = "κόσμε".encode()
+    wire = client(OP_TEXT, kosme + b"\xf4\x90\x80\x80" + b"edited")
+    first, second, third = wire[: 6 + len(kosme)], wire[6 + len(kosme) : -6], wire[-6:]
+    conn = Connection()
+    assert conn.receive_data(first) == []
+    assert conn.failure is None
+    assert conn.receive_data(second) == []
+    assert conn.failure is not None and conn.failure.close_code == 1007
+    assert conn.receive_data(third) == []
+
+
+@pytest.mark.parametrize("side", [Side.SERVER, Side.CLIENT])
+@pytest.mark.parametrize("step", [1, 3, 7, 64])
+def test_large_text_frame_in_small_reads(side: Side, step: int) -> None:
+    """Partial validation unmasks each new piece with the right mask octet."""
+    text = "aé€😀" * 100
+    frame = client if side is Side.SERVER else server
+    wire = frame(OP_TEXT, text[:150].encode(), fin=False) + frame(OP_CONT, text[150:].encode())
+    conn = Connection(side)
+    events = [e for i in range(0, len(wire), step) for e in conn.receive_data(wire[i : i + step])]
+    assert events == [text]
+    assert conn.failure is None
+
+
+# (name, incomplete input): checked only when complete, or never
+NOT_CHECKED_EARLY = [
+    ("binary frame", client(OP_BINARY, b"\xff" * 200)[:20]),
+    ("compressed text frame", client(OP_TEXT, b"\xff" * 200, rsv=4)[:20]),
+    (
+        "continuation of a compressed text message",
+        client(OP_TEXT, b"", fin=False, rsv=4) + client(OP_CONT, b"\xff" * 200)[:20],
+    ),
+    (
+        "text frame inside a fragmented message (a protocol error once complete)",
+        client(OP_BINARY, b"", fin=False) + client(OP_TEXT, b"\xff" * 200)[:20],
+    ),
+    ("incomplete header", client(OP_TEXT, b"\xff" * 200)[:3]),
+]
+
+
+@pytest.mark.parametrize(("name", "wire"), NOT_CHECKED_EARLY, ids=[c[0] for c in NOT_CHECKED_EARLY])
+def test_partial_frames_not_checked_early(name: str, wire: bytes) -> None:
+    conn = Connection(extensions=[PerMessageDeflate(False, False, 15, 15)])
+    assert conn.receive_data(wire) == []
+    assert conn.failure is None
+
+
+def test_partial_frame_checked_once_per_byte() -> None:
+    """A read that adds nothing to the incomplete frame checks nothing again."""
+    wire = client(OP_TEXT, "é".encode() * 100)
+    conn = Connection()
+    assert conn.receive_data(wire[:9]) == []  # 8-byte header, first byte of "é"
+    assert conn.receive_data(b"") == []
+    assert conn.receive_data(wire[9:]) == ["é" * 100]
+
+
 # -------------------------------------------------------------- closing
 
 

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shardws import speedups
 from shardws.exceptions import InvalidUTF8, LocalProtocolError, PayloadTooBig, RemoteProtocolError
 from shardws.protocol.frames import (
     CTRL_OPCODES,
@@ -64,6 +65,54 @@ def test_rfc_examples(name: str, wire: bytes, frame: Frame, mask: bytes | None) 
                 got.append(parsed)
         assert got == [frame]
         assert parser.buffered == 0
+
+
+@pytest.fixture(params=["batch", "one by one"])
+def batching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with speedups.scan_frames, and with every frame decoded by the parser itself."""
+    if request.param == "one by one":
+        monkeypatch.setattr(speedups, "scan_frames", lambda buf, pos, *args: ([], pos))
+    return str(request.param)
+
+
+@pytest.mark.parametrize(
+    ("name", "wire", "frame", "mask"), RFC_EXAMPLES, ids=[c[0] for c in RFC_EXAMPLES]
+)
+def test_rfc_examples_one_by_one(
+    name: str, wire: bytes, frame: Frame, mask: bytes | None, batching: str
+) -> None:
+    """Each example, masked and not, twice in one buffer."""
+    for key in (None, MASK):
+        one = serialize_frame(frame.opcode, frame.payload, fin=frame.fin, mask_key=key)
+        parser = FrameParser(require_mask=key is not None, max_size=None)
+        parser.feed(one + one)
+        assert [parser.next_frame(), parser.next_frame(), parser.next_frame()] == [
+            frame,
+            frame,
+            None,
+        ]
+
+
+def test_partial_frame(batching: str) -> None:
+    """partial_frame/partial_payload describe the frame still arriving."""
+    payload = bytes(range(200))
+    for masked in (True, False):
+        wire = raw(0x81, payload, mask=MASK if masked else None)
+        header = 8 if masked else 4
+        parser = FrameParser(require_mask=masked, max_size=None)
+        parser.feed(raw(0x82, b"x", mask=MASK if masked else None))
+        parser.feed(wire[:3])
+        assert parser.next_frame() == Frame(OP_BINARY, b"x")
+        assert parser.next_frame() is None
+        assert parser.partial_frame() is None  # header incomplete
+        parser.feed(wire[3 : header + 7])
+        assert parser.next_frame() is None
+        frame_id = 7 if masked else 3  # after the first frame
+        assert parser.partial_frame() == (frame_id, OP_TEXT, False, 7)
+        for skip in range(8):
+            assert parser.partial_payload(skip) == payload[skip:7]
+        parser.feed(wire[header + 7 :])
+        assert parser.next_frame() == Frame(OP_TEXT, payload)
 
 
 def test_opcode_sets() -> None:
