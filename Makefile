@@ -51,8 +51,13 @@ conformance: $(STAMP) $(ABV)/bin/wstest
 
 test: lint typecheck pytest autobahn-quick
 
+# The demo chat (examples/app.py) on 2 workers; Ctrl-C stops it gracefully.
 run: $(STAMP)
-	$(VENV)/bin/shardws serve examples.echo:handler --host 127.0.0.1 --port 8000 --workers 2
+	@echo "shardws demo (echo + '/all TEXT' broadcast): ws://127.0.0.1:8000 with 2 workers"
+	@echo "  talk to it:  $(VPY) -m websockets ws://127.0.0.1:8000"
+	@echo "  inspect it:  $(VENV)/bin/shardws status --port 8000"
+	@echo "  stop it:     Ctrl-C here, or $(VENV)/bin/shardws stop --port 8000"
+	$(VENV)/bin/shardws serve examples.app:handler --host 127.0.0.1 --port 8000 --workers 2
 
 bench-protocol: $(STAMP)
 	$(VPY) scripts/bench_protocol.py
