@@ -347,16 +347,19 @@ class ServerConnection(asyncio.Protocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             options = self._options
-            if not self._queue_full and (
+            if (
                 len(messages) >= options.max_queue_high
                 or self._queued_bytes > options.read_limit_high
             ):
                 if protocol.state is State.OPEN:
-                    self._queue_full = True
-                    self._update_reading()
-                else:
-                    # Closing: nobody pauses the peer's close frame behind
-                    # unread messages; what arrives past the limit is dropped.
+                    if not self._queue_full:
+                        self._queue_full = True
+                        self._update_reading()
+                elif protocol.close_rcvd is None:
+                    # We sent a close frame and keep reading for the peer's
+                    # one (unread messages do not hold it back): messages
+                    # past max_queue arriving meanwhile are dropped, so a
+                    # peer that never closes costs bounded memory.
                     while len(messages) > options.max_queue_high:
                         self._queued_bytes -= len(messages.pop())
         self._flush()

@@ -15,7 +15,9 @@ from websockets.exceptions import ConnectionClosedError as ClientClosedError
 from websockets.exceptions import InvalidStatus
 
 import shardws
-from shardws.protocol.connection import Ping
+from shardws.asyncio import registry
+from shardws.protocol.connection import Connection as ShardwsConnection
+from shardws.protocol.connection import Ping, Side, State
 from shardws.protocol.frames import Close
 
 from .conftest import Accepted, port_of, uri, wait_until
@@ -571,4 +573,32 @@ async def test_write_limit_makes_send_wait(start_server: Any) -> None:
     pump.cancel()
     with pytest.raises(asyncio.CancelledError):
         await pump
+    await client.aclose()
+
+
+async def test_closing_reads_past_a_full_queue_with_bounded_memory(start_server: Any) -> None:
+    """After the server sends its close frame it reads on (to get the client's),
+    even with max_queue unread messages; messages past max_queue are dropped."""
+    acc = Accepted()
+    server = await start_server(acc.handler, max_queue=2)
+    client = await RawClient.connect(port_of(server))
+    connection = await acc.next()
+    client.send_text("m1")
+    client.send_text("m2")
+    await wait_until(lambda: not connection._transport.is_reading())
+    client.answer_pings = False  # hold back the automatic answer to the close frame
+    closing = asyncio.create_task(connection.close(1001, "bye"))
+    assert await client.next_event() == Close(1001, "bye")
+    encoder = ShardwsConnection(Side.CLIENT, state=State.OPEN)  # frames the client still sends
+    received = registry.stats.messages_in
+    for n in range(3, 50):
+        encoder.send_text(f"m{n}")
+    client.writer.write(b"".join(encoder.data_to_send()))
+    await wait_until(lambda: registry.stats.messages_in == received + 47)  # all read...
+    assert len(connection._messages) == 2  # ...and dropped past max_queue
+    encoder.send_close(1000)
+    client.writer.write(b"".join(encoder.data_to_send()))
+    await asyncio.wait_for(closing, 5)
+    assert connection.close_code == 1000  # the client's close frame was read
+    assert [message async for message in connection] == ["m1", "m2"]
     await client.aclose()
