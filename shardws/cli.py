@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import ServeSettings, SupervisorSettings, setting_fields
+from .config import ServeSettings, SupervisorSettings, markdown_table, setting_fields
 from .supervisor.arbiter import (
     EXIT_ERROR,
     EXIT_USAGE,
@@ -30,7 +30,7 @@ from .supervisor.arbiter import (
     default_control_path,
 )
 
-__all__ = ["main", "build_parser", "format_status", "request"]
+__all__ = ["main", "build_parser", "format_status", "request", "settings_markdown"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -157,6 +157,45 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("workers", type=int, metavar="N")
     _add_locator(scale)
     return parser
+
+
+def settings_markdown() -> str:
+    """``docs/settings.md``: the address flags of ``shardws serve`` and the settings tables.
+
+    Regenerate with ``python -c "import shardws.cli as c; print(c.settings_markdown(), end='')"
+    > docs/settings.md`` (a test checks the file is up to date).
+    """
+    parser = build_parser()
+    serve = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices["serve"]
+    address = next(g for g in serve._action_groups if g.title == "address")
+    rows = ["| CLI flag | meaning |", "| --- | --- |"]
+    for action in address._group_actions:
+        flag = action.option_strings[0] + (f" {action.metavar}" if action.metavar else "")
+        rows.append(f"| `{flag}` | {action.help} |")
+    return "\n".join([
+        "# Settings",
+        "",
+        "Generated from `shardws/config.py` and `shardws/cli.py` by",
+        "`shardws.cli.settings_markdown()`: `serve()`, `shardws.run()`, `shardws serve`",
+        "and this page read the same dataclasses. Every option is a `serve()` /",
+        "`shardws.run()` keyword argument and a `shardws serve` flag. On the command",
+        "line, `none` means None for optional values and lists are comma-separated.",
+        "",
+        "## address (shardws serve, shardws.run)",
+        "",
+        *rows,
+        "",
+        "## supervisor options",
+        "",
+        markdown_table(SupervisorSettings),
+        "",
+        "## serve() options",
+        "",
+        markdown_table(ServeSettings),
+        "",
+    ])
 
 
 # ----------------------------------------------------------------- serve

@@ -163,6 +163,7 @@ class Supervisor:
         self.started_at = time.monotonic()
         self.exit_code: int | None = None
         self.stopping = False
+        self.quitting = False  # an immediate stop was asked for: killed workers are expected
         self.stop_deadline = 0.0
         self.unclean: list[str] = []
         self.boot_failures = 0
@@ -443,6 +444,10 @@ class Supervisor:
             self._drain(worker, signal.SIGTERM, self.stop_deadline)
 
     def _quit(self) -> None:
+        """Immediate stop (SIGQUIT, or a second stop request): SIGKILL every worker."""
+        log.warning("immediate stop: killing %d worker%s", len(self.workers),
+                    "" if len(self.workers) == 1 else "s")
+        self.quitting = True
         self.stopping = True
         self.reload_queue.clear()
         self.reload_pair = None
@@ -574,7 +579,7 @@ class Supervisor:
             slot.connections = 0
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         if worker.draining:
-            if worker.killed and self.stopping:
+            if worker.killed and self.stopping and not self.quitting:
                 self.unclean.append(f"worker {worker.index} (pid {worker.pid}): {worker.killed}")
             elif code not in (0, -signal.SIGTERM):
                 log.warning("worker %d (pid %d) stopped with %s", worker.index, worker.pid, how)

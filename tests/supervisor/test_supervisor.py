@@ -272,3 +272,28 @@ async def test_run_with_one_worker_serves_without_fork(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+SIGNAL_STEPS = [  # (signal sent to the supervisor, workers expected after it)
+    (signal.SIGTTIN, 3),
+    (signal.SIGTTOU, 2),
+    (signal.SIGTTOU, 1),
+    (signal.SIGTTOU, 1),  # never fewer than one
+    (signal.SIGTTIN, 2),
+]
+
+
+def test_sigttin_sigttou_scale_and_sigquit_stops_now(supervised):
+    server = supervised("echo", "--graceful-timeout", "30", workers=2)
+    server.wait_ready(2)
+    for signum, expected in SIGNAL_STEPS:
+        server.signal(signum)
+        server.wait_for(lambda s, n=expected: s["supervisor"]["workers"] == n
+                        and len(s["workers"]) == n
+                        and all(w["state"] == "READY" for w in s["workers"]),
+                        10.0, f"{expected} workers after {signum.name}")
+    started = time.monotonic()
+    server.signal(signal.SIGQUIT)
+    assert server.wait_exit(5.0) == 0
+    assert time.monotonic() - started < 2.0
+    assert "immediate stop" in server.stderr
