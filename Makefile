@@ -42,12 +42,12 @@ $(ABV)/bin/wstest:
 
 # Quick Autobahn|Testsuite subset (groups 1-7 and 10) against compliance/echo.py.
 autobahn-quick: $(STAMP) $(ABV)/bin/wstest
-	$(VPY) scripts/run_autobahn.py --cases '1.*,2.*,3.*,4.*,5.*,6.*,7.*,10.*' --report reports/autobahn-quick
+	WSTEST=$(ABV)/bin/wstest $(VPY) scripts/run_autobahn.py --shared $(SHARED) --cases '1.*,2.*,3.*,4.*,5.*,6.*,7.*,10.*' --report reports/autobahn-quick
 
 # All 517 cases, with permessage-deflate and without.
 conformance: $(STAMP) $(ABV)/bin/wstest
-	$(VPY) scripts/run_autobahn.py --cases '*' --report reports/autobahn-deflate
-	$(VPY) scripts/run_autobahn.py --cases '*' --no-compression --report reports/autobahn-plain
+	WSTEST=$(ABV)/bin/wstest $(VPY) scripts/run_autobahn.py --shared $(SHARED) --cases '*' --report reports/autobahn-deflate
+	WSTEST=$(ABV)/bin/wstest $(VPY) scripts/run_autobahn.py --shared $(SHARED) --cases '*' --no-compression --report reports/autobahn-plain
 
 test: lint typecheck pytest autobahn-quick
 
