@@ -42,7 +42,9 @@ class ServeSettings:
     max_queue: int | None = _opt(
         2**5, "incoming messages kept unread before reading from the socket pauses", metavar="N"
     )
-    read_limit: int = _opt(2**16, "bytes read from the socket at most per read", metavar="BYTES")
+    read_limit: int = _opt(
+        2**16, "unread message bytes before reading from the socket pauses", metavar="BYTES"
+    )
     write_limit: int = _opt(
         2**16, "write buffer high-water mark: send() waits and broadcast() skips above it",
         metavar="BYTES",
