@@ -224,6 +224,13 @@ class ServerConnection(asyncio.Protocol):
         """The negotiated extensions (``PerMessageDeflate`` instances)."""
         return self._extensions
 
+    def respond(self, status: int, text: str) -> Response:
+        """A plain-text HTTP response for ``process_request`` to return (websockets' idiom).
+
+        ``return connection.respond(403, "Forbidden\\n")`` rejects the handshake.
+        """
+        return reject(status, text)
+
     def subscribe(self, topic: Any) -> bool:
         """Subscribe to ``topic`` in the process registry (see :mod:`.registry`).
 

@@ -289,10 +289,15 @@ def wrong_type(connection: Any, request: shardws.Request) -> str:
     return "not a response"
 
 
+def respond_teapot(connection: shardws.ServerConnection, request: shardws.Request) -> shardws.Response:
+    return connection.respond(418, "short and stout\n")
+
+
 PROCESS_REQUEST_CASES = [
     # hook, status, body (None: not checked), logged at ERROR
     pytest.param(sync_forbid, 403, b"nope", False, id="sync-response"),
     pytest.param(async_forbid, 403, b"nope", False, id="async-response"),
+    pytest.param(respond_teapot, 418, b"short and stout\n", False, id="connection-respond"),
     pytest.param(allow, 101, None, False, id="none-proceeds"),
     pytest.param(crash, 500, None, True, id="raises-500"),
     pytest.param(wrong_type, 500, None, True, id="wrong-type-500"),
