@@ -186,9 +186,16 @@ async def _serve(spec: WorkerSpec, handler: Callable[..., Any], slot: Slot) -> i
         slot.connections = len(server.websockets)
         slot.messages_in, slot.messages_out = _counters()
 
+    supervisor = os.getppid()
+
     async def heartbeat() -> None:
         while True:
             stamp()
+            if os.getppid() != supervisor and not drain.done():
+                # The supervisor is gone (killed with SIGKILL): nobody would
+                # stop or replace this worker, so it drains like on SIGTERM.
+                log.warning("supervisor %d is gone: draining", supervisor)
+                drain.set_result(DRAIN_SIGNALS[signal.SIGTERM])
             await asyncio.sleep(spec.heartbeat_interval)
 
     stamp()

@@ -7,6 +7,11 @@ import time
 
 import shardws
 
+# A bad deploy: importing this module fails while the file named by
+# SHARDWS_TEST_BROKEN exists (workers import it after the fork).
+if os.path.exists(os.environ.get("SHARDWS_TEST_BROKEN", "/nonexistent")):
+    raise RuntimeError("broken deploy")
+
 
 async def hello(websocket):
     """Tell the client which worker holds the connection."""

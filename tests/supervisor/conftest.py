@@ -39,7 +39,7 @@ class Supervised:
     """``python -m shardws serve APP`` in its own process group, killed at teardown."""
 
     def __init__(self, tmp_path: Path, app: str, *args: str, workers: int = 2,
-                 uds: str | None = None) -> None:
+                 uds: str | None = None, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.control = str(tmp_path / "ctl")
         self.stderr_path = tmp_path / "stderr"
@@ -52,7 +52,7 @@ class Supervised:
         self.url = f"ws://127.0.0.1:{self.port}"
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
-                self.command, cwd=ROOT, env=env(), stdin=subprocess.DEVNULL,
+                self.command, cwd=ROOT, env={**env(), **(extra_env or {})}, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
             )
 

@@ -297,3 +297,42 @@ def test_sigttin_sigttou_scale_and_sigquit_stops_now(supervised):
     assert server.wait_exit(5.0) == 0
     assert time.monotonic() - started < 2.0
     assert "immediate stop" in server.stderr
+
+
+async def test_bad_deploy_aborts_rolling_restart_old_workers_keep_serving(supervised, tmp_path):
+    marker = tmp_path / "broken"
+    server = supervised("echo", extra_env={"SHARDWS_TEST_BROKEN": str(marker)}, workers=2)
+    pids = set(server.wait_ready(2))
+    marker.touch()  # from now on the application fails to import
+    server.signal(signal.SIGHUP)
+    status = await asyncio.to_thread(
+        server.wait_for, lambda s: "rolling restart aborted" in server.stderr
+        and not s["supervisor"]["reloading"], 15.0, "the restart to be abandoned")
+    assert {w["pid"] for w in status["workers"]} == pids
+    assert all(w["state"] == "READY" for w in status["workers"])
+    ws, hello = (await open_clients(server.url, 1))[0]
+    assert hello["pid"] in pids
+    await ws.close()
+    assert server.proc.poll() is None
+
+
+async def test_workers_drain_when_the_supervisor_is_killed(supervised):
+    server = supervised("echo", "--heartbeat-timeout", "2", workers=2)
+    pids = server.wait_ready(2)
+    clients = await open_clients(server.url, 10)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    assert set(await asyncio.gather(*(close_code(ws) for ws, _ in clients))) == {1001}
+    for pid in pids:  # orphans reparented to init (or a subreaper): poll until gone
+        deadline = time.monotonic() + 5
+        while running(pid):
+            assert time.monotonic() < deadline, f"worker {pid} still running"
+            await asyncio.sleep(0.02)  # polling with a deadline
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting for its new parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read()
+    except FileNotFoundError:
+        return False
