@@ -646,7 +646,7 @@ class ServerConnection(asyncio.Protocol):
             payload = os.urandom(4)
         protocol.send_ping(payload)  # raises LocalProtocolError over 125 bytes
         pong_waiter: asyncio.Future[float] = self._loop.create_future()
-        self._pending_pings[payload] = (pong_waiter, self._loop.time())
+        self._pending_pings[payload] = (pong_waiter, time.monotonic())
         self._flush()
         return pong_waiter
 
@@ -654,7 +654,7 @@ class ServerConnection(asyncio.Protocol):
         pending = self._pending_pings
         if data not in pending:
             return  # unsolicited pong: allowed, ignored
-        now = self._loop.time()
+        now = time.monotonic()  # finer than uvloop's millisecond loop.time()
         acknowledged = []
         # "a Pong frame sent in response to a Ping frame must have identical
         # Application data"; an endpoint MAY answer only the most recent ping,

@@ -338,6 +338,7 @@ async def test_close_is_idempotent_and_times_out_on_a_silent_peer(start_server: 
 # ------------------------------------------------------------ ping / pong
 
 
+@pytest.mark.both_loops
 async def test_ping_returns_latency(accepted: Accepted) -> None:
     assert accepted.server is not None
     async with connect(uri(accepted.server)):
