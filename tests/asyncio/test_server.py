@@ -607,3 +607,45 @@ async def test_closing_reads_past_a_full_queue_with_bounded_memory(start_server:
     assert connection.close_code == 1000  # the client's close frame was read
     assert [message async for message in connection] == ["m1", "m2"]
     await client.aclose()
+
+
+async def test_frames_sent_with_the_request_are_kept(start_server: Any) -> None:
+    acc = Accepted()
+    server = await start_server(acc.handler)
+    encoder = ShardwsConnection(Side.CLIENT, state=State.OPEN)
+    encoder.send_text("early bird")
+    encoder.send_binary(b"second")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+    writer.write(handshake_request() + b"".join(encoder.data_to_send()))  # one write
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    connection = await acc.next()
+    assert [await connection.recv(), await connection.recv()] == ["early bird", b"second"]
+    writer.close()
+
+
+async def test_open_timeout_covers_a_hanging_process_request(start_server: Any) -> None:
+    cancelled = asyncio.Event()
+
+    async def hang(connection: Any, request: Any) -> None:
+        try:
+            await asyncio.Future()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server = await start_server(echo, process_request=hang, open_timeout=0.05)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+    writer.write(handshake_request())
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionResetError:
+        pass  # aborted: RST
+    await asyncio.wait_for(cancelled.wait(), 5)
+    writer.close()
+
+
+def test_server_close_rejects_an_invalid_code() -> None:
+    server = shardws.Server.__new__(shardws.Server)
+    with pytest.raises(shardws.LocalProtocolError):
+        server.close(code=1005)
