@@ -679,7 +679,11 @@ class Supervisor:
         if self.reload_pair is not None:
             new_pid, old_pid = self.reload_pair
             new = self.workers.get(new_pid)
-            if new is None or new.ready_at is None:
+            if new is None:  # died after READY, before the old one was told: start over
+                self.reload_queue.insert(0, old_pid)
+                self.reload_pair = None
+                return
+            if new.ready_at is None:
                 return
             old = self.workers.get(old_pid)
             if old is not None and not old.draining:

@@ -336,3 +336,31 @@ def running(pid: int) -> bool:
             return "zombie" not in f.read()
     except FileNotFoundError:
         return False
+
+
+async def test_tls_workers_serve_wss(supervised, tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(keyfile))
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    for pem in cert.cert_chain_pems[1:]:
+        with open(certfile, "ab") as f:
+            f.write(pem.bytes())
+    server = supervised("echo", "--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile),
+                        workers=2)
+    pids = server.wait_ready(2)
+    assert server.status()["supervisor"]["url"].startswith("wss://")
+    client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client_context)
+    clients = await open_clients(server.url.replace("ws://", "wss://"), 10, ssl=client_context)
+    assert {hello["pid"] for _, hello in clients} <= set(pids)
+    ws = clients[0][0]
+    await ws.send("over tls")
+    assert await ws.recv() == "over tls"
+    for ws, _ in clients:
+        await ws.close()
