@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import signal
 import socket
@@ -23,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import ServeSettings, SupervisorSettings, markdown_table, setting_fields
+from .supervisor import configure_logging
 from .supervisor.arbiter import (
     EXIT_ERROR,
     EXIT_USAGE,
@@ -214,11 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.log_level not in LOG_LEVELS:
         print(f"shardws: --log-level: choose from {', '.join(LOG_LEVELS)}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s [%(process)d] [%(levelname)s] %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level)
     if os.getcwd() not in sys.path:  # like `python -m`: serve modules of the current directory
         sys.path.insert(0, os.getcwd())
     control = args.control

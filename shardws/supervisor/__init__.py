@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -40,7 +41,17 @@ __all__ = [
     "EXIT_ADDRESS_IN_USE",
     "EXIT_BOOT_FAILURE",
     "EXIT_UNCLEAN",
+    "configure_logging",
 ]
+
+
+LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` unless the application configured logging already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
 def split_options(
@@ -86,6 +97,7 @@ def run(
     if workers is not None:
         options["workers"] = workers
     serve_settings, settings, rest = split_options(options)
+    configure_logging(settings.log_level)
     if settings.workers == 1:
         return _run_single(load_handler(handler), host, port, uds, ssl_certfile, ssl_keyfile,
                            serve_settings, rest)
