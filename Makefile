@@ -15,7 +15,7 @@ $(VPY):
 	$(VPY) -m pip install -q --upgrade pip setuptools wheel
 
 $(STAMP): $(VPY) pyproject.toml setup.py shardws/_speedups.c
-	$(VPY) -m pip install -q -e '.[dev,redis,loadtest]'
+	$(VPY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
