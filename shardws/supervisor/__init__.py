@@ -92,7 +92,8 @@ def run(
     count; ``workers=1`` serves in this process, without forking (no
     heartbeat, no control socket). Stops on SIGTERM / SIGINT. Returns the
     exit code (``EXIT_CODES``): 0 after a clean shutdown, 3 when the
-    address is in use, ...
+    address is in use, ... Call it from the main thread (it installs signal
+    handlers), with no event loop running in this thread.
     """
     if workers is not None:
         options["workers"] = workers

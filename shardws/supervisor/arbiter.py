@@ -560,15 +560,15 @@ class Supervisor:
         worker_main(self.spec, self.table, index)
 
     def _reap(self) -> None:
-        while True:
+        # Only our workers: waitpid(-1) would steal the exit status of other
+        # children of an application that calls shardws.run().
+        for pid in list(self.workers):
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            worker = self.workers.pop(pid, None)
-            if worker is not None:
+                done, status = pid, 0
+            if done == pid:
+                worker = self.workers.pop(pid)
                 self._exited(worker, os.waitstatus_to_exitcode(status), time.monotonic())
 
     def _exited(self, worker: Worker, code: int, now: float) -> None:
