@@ -11,6 +11,7 @@ from .exceptions import __all__ as _exceptions_all
 
 __version__ = "0.1.0"
 
+from . import cluster  # noqa: E402
 from .asyncio import (  # noqa: E402  (__version__ first: the handshake reads it)
     BroadcastStats,
     Data,
@@ -52,4 +53,6 @@ __all__ = [
     # multiprocess (shardws.supervisor)
     "run",
     "current_worker",
+    # cluster API (shardws.cluster)
+    "cluster",
 ]
