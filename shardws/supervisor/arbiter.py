@@ -29,6 +29,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import stat
 import sys
 import time
@@ -274,6 +275,18 @@ class Supervisor:
         except AddressInUse:
             print(f"shardws: cannot listen on {self._where()}: address already in use", file=sys.stderr)
             return EXIT_ADDRESS_IN_USE
+        except OSError as exc:  # EACCES, EADDRNOTAVAIL, unknown host, ...
+            print(f"shardws: cannot listen on {self._where()}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_ERROR
+        if self.ssl_certfile:  # fail before forking, with one line
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                    self.ssl_certfile, self.ssl_keyfile
+                )
+            except (OSError, ssl.SSLError) as exc:
+                print(f"shardws: cannot load the TLS certificate: {exc}", file=sys.stderr)
+                self._close_uds()
+                return EXIT_USAGE
         self.table = WorkerTable.create(self.capacity, supervisor_pid=os.getpid())
         try:
             self._setup_signals()
@@ -356,10 +369,7 @@ class Supervisor:
             self._control = None
             with contextlib.suppress(OSError):
                 os.unlink(self.control_path or "")
-        if self._uds_socket is not None:
-            self._uds_socket.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self.uds or "")
+        self._close_uds()
         pid_file = self.settings.pid_file
         if pid_file:
             with contextlib.suppress(OSError):
@@ -367,6 +377,13 @@ class Supervisor:
                     mine = f.read().strip() == str(os.getpid())
                 if mine:
                     os.unlink(pid_file)
+
+    def _close_uds(self) -> None:
+        if self._uds_socket is not None:
+            self._uds_socket.close()
+            self._uds_socket = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.uds or "")
 
     def _busy(self) -> bool:
         """Something is changing: poll the table often."""

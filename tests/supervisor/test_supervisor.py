@@ -136,6 +136,25 @@ def test_address_in_use_exits_3_with_one_line(tmp_path, family):
     assert len(lines) == 1 and "address already in use" in lines[0], result.stderr
 
 
+STARTUP_ERRORS = [  # (extra arguments, exit code, what the one stderr line says)
+    (["--ssl-certfile", "/nonexistent/cert.pem"], 2, "cannot load the TLS certificate"),
+    (["--host", "192.0.2.1"], 1, "cannot listen on 192.0.2.1"),  # not an address of this host
+    (["--workers", "two"], 2, "--workers"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "message"), STARTUP_ERRORS)
+def test_startup_errors_are_one_line_before_forking(tmp_path, args, code, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "shardws", "serve", "tests.supervisor.apps:echo",
+         "--port", str(free_port()), "--control", str(tmp_path / "ctl"), *args],
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=20,
+    )
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert "serving ws" not in result.stderr  # nothing was forked
+
+
 def test_worker_failing_at_boot_exits_4(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "shardws", "serve", "tests.supervisor.apps:missing",
