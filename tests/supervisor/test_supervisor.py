@@ -383,3 +383,25 @@ async def test_tls_workers_serve_wss(supervised, tmp_path):
     assert await ws.recv() == "over tls"
     for ws, _ in clients:
         await ws.close()
+
+
+def can_unshare_net() -> bool:
+    try:
+        return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not can_unshare_net(), reason="needs a private network namespace (root, unshare)")
+def test_rolling_restart_loses_no_connect_with_tcp_migrate_req():
+    """The goal (0 failed attempts) where the kernel migrates queued connections."""
+    result = subprocess.run(
+        [sys.executable, "scripts/rolling_restart.py", "--migrate", "1", "--restarts", "3", "--json"],
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"\nrolling restart with tcp_migrate_req=1: {numbers}")
+    assert numbers["tcp_migrate_req"] == 1
+    assert numbers["ok_during_restarts"] > 0
+    assert numbers["failed"] == 0, numbers
