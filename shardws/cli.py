@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a WebSocket application on every core, and manage it.",
         epilog="Signals and exit codes: docs/operations.md",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"shardws {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
