@@ -142,7 +142,7 @@ def max_record(capacity: int) -> int:
 
 def max_payload(capacity: int, topic: bytes = b"") -> int:
     """The largest payload a ring of ``capacity`` bytes accepts with ``topic``."""
-    return (max_record(capacity) - RECORD_HEADER - len(topic)) & ~7
+    return max_record(capacity) - RECORD_HEADER - len(topic)
 
 
 def init_region(region: memoryview, capacity: int) -> None:
