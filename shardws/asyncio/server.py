@@ -82,6 +82,7 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._close_task: asyncio.Task[None] | None = None
         self._closed_waiter: asyncio.Future[None] = loop.create_future()
+        self._handing_over = False  # stop_listening() ran: no listener, still serving
 
     def _protocol_factory(self) -> ServerConnection:
         return ServerConnection(self, self._options, self.loop)
@@ -122,8 +123,33 @@ class Server:
         return set(self._websockets)
 
     def is_serving(self) -> bool:
-        """True while the server accepts connections."""
-        return self.server is not None and self.server.is_serving() and self._close_task is None
+        """True while the server serves: accepting, or finishing handshakes after :meth:`stop_listening`."""
+        if self.server is None or self._close_task is not None:
+            return False
+        return self._handing_over or self.server.is_serving()
+
+    async def stop_listening(self, timeout: float) -> None:
+        """Close the listening sockets, then let the handshakes already accepted finish.
+
+        For a hand-over (the supervisor's rolling restart): with
+        ``SO_REUSEPORT`` the kernel then sends new clients to the other
+        listeners only, while connections this server accepted but has not
+        upgraded yet complete their opening handshake (at most ``timeout``
+        seconds) instead of being dropped or answered 503. Open connections
+        are left alone; :meth:`close` ends them.
+        """
+        if self.server is None or self._close_task is not None:
+            return
+        self._handing_over = True
+        self.server.close()
+        # The loop delivers connection_made() of the last accepted sockets on
+        # later iterations: the condition must hold on two polls in a row.
+        deadline = self.loop.time() + timeout
+        settled = 0
+        while settled < 2 and self.loop.time() < deadline:
+            await asyncio.sleep(0.005)  # polling with a deadline
+            pending = [c for c in self._connections if c not in self._websockets and not c.closed]
+            settled = 0 if pending else settled + 1
 
     async def start_serving(self) -> None:
         """Start accepting (only needed with ``start_serving=False``)."""

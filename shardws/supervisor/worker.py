@@ -124,40 +124,6 @@ def _counters() -> tuple[int, int]:
     return registry.stats.messages_in, registry.stats.messages_out
 
 
-async def _hand_over(server: Any, timeout: float) -> None:
-    """Rolling restart: leave the SO_REUSEPORT group, then let accepted handshakes finish.
-
-    Closing the listening socket first makes the kernel hash new clients to
-    the other workers only. Connections this worker accepted but has not
-    upgraded yet would be dropped by ``Server.close()`` (before their request
-    arrives) or answered 503; waiting (at most ``timeout``) until they are
-    upgraded lets them open, and then close cleanly with 1012 like the rest.
-    """
-    loop = asyncio.get_running_loop()
-    listener = getattr(server, "server", None)
-    if listener is None:
-        return
-    # The core answers 503 to a handshake that completes while its listener
-    # is closed (Server.is_serving() is False): during the hand-over the
-    # server still serves, it only stopped listening.
-    server.is_serving = lambda: True
-    listener.close()
-    try:
-        # The loop closes the listening handle and delivers connection_made()
-        # of the last accepted connections on later iterations: the condition
-        # must hold on two polls in a row.
-        deadline = loop.time() + timeout
-        settled = 0
-        while loop.time() < deadline and settled < 2:
-            await asyncio.sleep(0.005)  # polling with a deadline
-            accepted = getattr(server, "_connections", ())  # every accepted TCP connection
-            upgraded = server.websockets
-            done = all(c in upgraded or c.closed for c in list(accepted))
-            settled = settled + 1 if done else 0
-    finally:
-        del server.is_serving
-
-
 async def _serve(spec: WorkerSpec, handler: Callable[..., Any], slot: Slot) -> int:
     loop = asyncio.get_running_loop()
     serve, unix_serve = server_api()
@@ -205,7 +171,9 @@ async def _serve(spec: WorkerSpec, handler: Callable[..., Any], slot: Slot) -> i
     code, reason = await drain
     slot.state = WorkerState.DRAINING
     if code == 1012:
-        await _hand_over(server, spec.handover_timeout)
+        # Rolling restart: leave the SO_REUSEPORT group first, so that no
+        # client is hashed to a listener about to close.
+        await server.stop_listening(spec.handover_timeout)
     server.close(close_connections=True, code=code, reason=reason)
     await server.wait_closed()
     beat.cancel()
