@@ -7,10 +7,13 @@ a :class:`LocalBus` unless a worker installed its :class:`ShmBus` with
 
 from __future__ import annotations
 
+import asyncio
+
 from .base import Bus, BusStats, Deliver, Message, MessageTooLarge
 from .delivery import deliver_local
 from .local import LocalBus
 from .shm import (
+    BusLayout,
     SharedRings,
     ShmBus,
     create_eventfds,
@@ -32,6 +35,9 @@ __all__ = [
     "SharedRings",
     "current",
     "current_table",
+    "prepare",
+    "attach_worker",
+    "extra_size",
     "install",
     "BusLayout",
     "deliver_local",
@@ -44,6 +50,7 @@ __all__ = [
 
 _current: Bus | None = None
 _table: WorkerTable | None = None
+_layout: BusLayout | None = None
 
 
 def current() -> Bus:
@@ -69,3 +76,39 @@ def install(bus: Bus | None, table: WorkerTable | None = None) -> Bus | None:
 def current_table() -> WorkerTable | None:
     """The worker table installed with the bus (``None`` outside a supervisor)."""
     return _table
+
+
+def prepare(table: WorkerTable, bus_size: int) -> BusLayout:
+    """Supervisor, before forking: format the rings after ``table`` and open the eventfds.
+
+    ``table`` must have been created with
+    ``WorkerTable.create(n, extra=BusLayout.extra(n, bus_size))``. Every
+    worker forked afterwards inherits the layout and calls :func:`attach_worker`.
+    """
+    global _layout
+    _layout = BusLayout.create(table, bus_size)
+    return _layout
+
+
+def attach_worker(worker_id: int, loop: asyncio.AbstractEventLoop) -> Bus:
+    """Worker, after the fork: install and start this worker's bus; return it.
+
+    Uses the layout :func:`prepare` made in the supervisor (a replacement
+    worker takes over its slot's ring); without one (a worker not forked by
+    a supervisor that prepared a bus), a :class:`LocalBus`. Close the bus when
+    the worker stops.
+    """
+    bus: Bus
+    if _layout is None:
+        bus = LocalBus()
+        install(bus)
+    else:
+        bus = _layout.attach(worker_id)
+        install(bus, _layout.table)
+    bus.start(loop)
+    return bus
+
+
+def extra_size(max_workers: int, bus_size: int) -> int:
+    """Bytes the supervisor adds after its worker table for the rings."""
+    return BusLayout.extra(max_workers, bus_size)

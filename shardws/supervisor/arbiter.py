@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import bus
 from ..bus.table import WorkerState, WorkerTable
 from ..config import ServeSettings, SupervisorSettings
 from .worker import WorkerSpec, worker_main
@@ -287,7 +288,11 @@ class Supervisor:
                 print(f"shardws: cannot load the TLS certificate: {exc}", file=sys.stderr)
                 self._close_uds()
                 return EXIT_USAGE
-        self.table = WorkerTable.create(self.capacity, supervisor_pid=os.getpid())
+        bus_size = self.settings.bus_size
+        self.table = WorkerTable.create(
+            self.capacity, supervisor_pid=os.getpid(), extra=bus.extra_size(self.capacity, bus_size)
+        )
+        bus.prepare(self.table, bus_size)  # rings + eventfds, inherited by every worker
         try:
             self._setup_signals()
             self._setup_control()

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from ..bus import attach_worker
 from ..bus.table import Slot, WorkerState, WorkerTable
 from .identity import set_current_worker
 
@@ -126,6 +127,9 @@ def _counters() -> tuple[int, int]:
 
 async def _serve(spec: WorkerSpec, handler: Callable[..., Any], slot: Slot) -> int:
     loop = asyncio.get_running_loop()
+    # This worker's end of the shared-memory bus (shardws.cluster): it takes
+    # over its slot's ring and starts reading the others' before serving.
+    bus = attach_worker(slot.index, loop)
     serve, unix_serve = server_api()
     kwargs = dict(spec.serve_kwargs)
     context = _ssl_context(spec)
@@ -176,6 +180,7 @@ async def _serve(spec: WorkerSpec, handler: Callable[..., Any], slot: Slot) -> i
         await server.stop_listening(spec.handover_timeout)
     server.close(close_connections=True, code=code, reason=reason)
     await server.wait_closed()
+    bus.close()
     beat.cancel()
     stamp()
     return 0
