@@ -19,7 +19,17 @@ transport write buffer > ``write_limit`` ``send()`` waits for ``resume_writing``
                                         does not read cannot make us queue
                                         pongs without bound)
 opening handshake being processed       reading pauses until the 101 is sent
+a protocol error held back after        reading pauses until the failure is
+messages of the same read (the          applied: when ``recv()`` finds no
+protocol's ``pending_failure``)         message left, when the handler
+                                        returns or closes, or after
+                                        ``close_timeout`` (10 s if None)
 ======================================  =====================================
+
+A protocol error is held back so that the handler can answer the messages
+that arrived just before it (an echo goes out before the close frame, as
+Autobahn cases 3.2, 4.1.3, 5.15 want); the timer bounds how long a handler
+that does not read keeps such a connection open.
 """
 
 from __future__ import annotations
@@ -54,6 +64,9 @@ if TYPE_CHECKING:
 __all__ = ["ServerConnection", "Data"]
 
 Data = str | bytes
+
+#: How long a protocol error may be held back when close_timeout is None.
+PENDING_FAILURE_TIMEOUT = 10.0
 
 # websockets' rule: the close is "OK" when both close frames carry one of these.
 OK_CLOSE_CODES = frozenset({1000, 1001, 1005})
@@ -115,6 +128,7 @@ class ServerConnection(asyncio.Protocol):
         "_pending_pings",
         "_keepalive_handle",
         "_close_handle",
+        "_fail_handle",
     )
 
     def __init__(self, server: Server, options: _Options, loop: asyncio.AbstractEventLoop) -> None:
@@ -156,6 +170,7 @@ class ServerConnection(asyncio.Protocol):
         self._pending_pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
         self._keepalive_handle: asyncio.TimerHandle | None = None
         self._close_handle: asyncio.TimerHandle | None = None
+        self._fail_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ properties
 
@@ -309,10 +324,10 @@ class ServerConnection(asyncio.Protocol):
         protocol = self._protocol
         if protocol is not None and protocol.state is not State.CLOSED:
             protocol.receive_eof()
-        for handle in (self._keepalive_handle, self._close_handle):
+        for handle in (self._keepalive_handle, self._close_handle, self._fail_handle):
             if handle is not None:
                 handle.cancel()
-        self._keepalive_handle = self._close_handle = None
+        self._keepalive_handle = self._close_handle = self._fail_handle = None
         self._write_paused = False
         for waiter in (self._request_waiter, self._closed_waiter, self._recv_waiter, self._drain_waiter):
             if waiter is not None and not waiter.done():
@@ -369,16 +384,39 @@ class ServerConnection(asyncio.Protocol):
                     # peer that never closes costs bounded memory.
                     while len(messages) > options.max_queue_high:
                         self._queued_bytes -= len(messages.pop())
+        if protocol.pending_failure is not None and self._fail_handle is None:
+            self._failure_held_back()
         self._flush()
+
+    def _failure_held_back(self) -> None:
+        """The protocol held a failure back after messages: stop reading, bound the wait."""
+        self._update_reading()
+        timeout = self._options.close_timeout
+        self._fail_handle = self._loop.call_later(
+            PENDING_FAILURE_TIMEOUT if timeout is None else timeout, self._fail_pending
+        )
+
+    def _fail_pending(self) -> None:
+        """Apply the failure the protocol held back (if any): write the close frame, close."""
+        handle = self._fail_handle
+        if handle is not None:
+            handle.cancel()
+            self._fail_handle = None
+        protocol = self._protocol
+        if protocol is not None and protocol.fail_pending():
+            self._flush()
 
     def _update_reading(self) -> None:
         """Pause or resume reading from the transport to match the table above."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        pause = (self._queue_full and self._protocol is not None and self._protocol.state is State.OPEN) or (
-            self._write_paused or (self._handshaking and self._parser is None)
-        )
+        protocol = self._protocol
+        pause = (
+            protocol is not None
+            and protocol.state is State.OPEN
+            and (self._queue_full or protocol.pending_failure is not None)
+        ) or (self._write_paused or (self._handshaking and self._parser is None))
         if pause is not self._reading_paused:
             self._reading_paused = pause
             if pause:
@@ -418,6 +456,10 @@ class ServerConnection(asyncio.Protocol):
         while not self._messages:
             if self._closed_waiter.done():
                 raise self._close_exc()
+            if self._fail_handle is not None:
+                # Every message before the protocol error was consumed: now
+                # the connection fails (the close frame follows the answers).
+                self._fail_pending()
             waiter: asyncio.Future[None] = self._loop.create_future()
             self._recv_waiter = waiter
             try:
@@ -462,6 +504,10 @@ class ServerConnection(asyncio.Protocol):
     def _closing_started(self) -> None:
         protocol = self._protocol
         assert protocol is not None
+        if self._fail_handle is not None:
+            # The held-back failure was applied (by close(), a keepalive timeout...).
+            self._fail_handle.cancel()
+            self._fail_handle = None
         transport = self._transport
         # RFC 6455 7.1.1: "the server SHOULD close the underlying TCP
         # connection first" once the closing handshake is done.
@@ -786,22 +832,40 @@ class ServerConnection(asyncio.Protocol):
     # ------------------------------------------------------------ handshake
 
     def _send_rejection(self, response: Response) -> None:
-        """Write a non-101 response and close the TCP connection."""
+        """Write a non-101 response and close the TCP connection.
+
+        A response that cannot be written (CR or LF in a header, a bad status
+        or reason phrase: ``Response.serialize`` raises) is logged at ERROR
+        and replaced by a plain 500.
+        """
+        try:
+            data = self._complete_response(response, rejection=True).serialize()
+        except Exception as exc:
+            self.handshake_exc = exc
+            self.logger.error("opening handshake failed: invalid HTTP response", exc_info=True)
+            response = reject(500, _SERVER_ERROR_TEXT)
+            response.headers["Date"] = http_date()
+            data = response.serialize()
         self.response = response
+        if not self._transport.is_closing():
+            self._transport.write(data)
+            self._transport.close()
+
+    def _complete_response(self, response: Response, *, rejection: bool) -> Response:
+        """Add the headers every response carries (Connection, Server, Date)."""
         headers = response.headers
-        if "Connection" not in headers:
-            headers["Connection"] = "close"
-        server_header = self._options.server_header
-        if server_header and "Server" not in headers:
-            headers["Server"] = server_header
+        if rejection:
+            if "Connection" not in headers:
+                headers["Connection"] = "close"
+            server_header = self._options.server_header
+            if server_header and "Server" not in headers:
+                headers["Server"] = server_header
         # RFC 9110 6.6.1: "An origin server with a clock MUST generate a Date
         # header field in all 2xx (Successful), 3xx (Redirection), and 4xx
         # (Client Error) responses".
         if "Date" not in headers:
             headers["Date"] = http_date()
-        if not self._transport.is_closing():
-            self._transport.write(response.serialize())
-            self._transport.close()
+        return response
 
     async def _call_hook(self, name: str, hook: Any, *args: Any) -> Response | None:
         """Run process_request / process_response (sync or async); errors give a 500."""
@@ -812,16 +876,10 @@ class ServerConnection(asyncio.Protocol):
         except Exception as exc:
             self.handshake_exc = exc
             self.logger.error("opening handshake failed: %s raised", name, exc_info=True)
-            return reject(
-                500,
-                "Failed to open a WebSocket connection.\nSee server log for more information.\n",
-            )
+            return reject(500, _SERVER_ERROR_TEXT)
         if result is not None and not isinstance(result, Response):
             self.logger.error("opening handshake failed: %s returned %r", name, result)
-            return reject(
-                500,
-                "Failed to open a WebSocket connection.\nSee server log for more information.\n",
-            )
+            return reject(500, _SERVER_ERROR_TEXT)
         return result
 
     async def _handshake(self) -> bool:
@@ -860,7 +918,14 @@ class ServerConnection(asyncio.Protocol):
                 response = reject(500, "Failed to open a WebSocket connection.\n")
             else:
                 if options.extra_headers is not None:
-                    self._apply_extra_headers(response, request)
+                    try:
+                        self._apply_extra_headers(response, request)
+                    except Exception as exc:
+                        self.handshake_exc = exc
+                        self.logger.error(
+                            "opening handshake failed: extra_headers raised", exc_info=True
+                        )
+                        response = reject(500, _SERVER_ERROR_TEXT)
         if options.process_response is not None:
             replaced = await self._call_hook(
                 "process_response", options.process_response, request, response
@@ -876,8 +941,15 @@ class ServerConnection(asyncio.Protocol):
         if response.status_code != 101:
             self._send_rejection(response)
             return False
-        if "Date" not in response.headers:
-            response.headers["Date"] = http_date()
+        try:
+            head = self._complete_response(response, rejection=False).serialize()
+        except Exception as exc:
+            # CR or LF in an extra_headers value, a bad header name, a bad
+            # 101 from process_response: answer 500 rather than crash.
+            self.handshake_exc = exc
+            self.logger.error("opening handshake failed: invalid 101 response", exc_info=True)
+            self._send_rejection(reject(500, _SERVER_ERROR_TEXT))
+            return False
         self.response = response
         self._extensions = extensions
         protocol = Connection(
@@ -887,7 +959,7 @@ class ServerConnection(asyncio.Protocol):
             state=State.OPEN,
         )
         self._protocol = protocol
-        self._transport.write(response.serialize())
+        self._transport.write(head)
         self._handshaking = False
         self._update_reading()
         if self._early:
@@ -954,6 +1026,8 @@ class ServerConnection(asyncio.Protocol):
             if self._task is not None:
                 self._server._tasks.discard(self._task)
 
+
+_SERVER_ERROR_TEXT = "Failed to open a WebSocket connection.\nSee server log for more information.\n"
 
 _date_cache: tuple[int, str] = (0, "")
 

@@ -13,6 +13,15 @@ Events returned by :meth:`Connection.receive_data`:
 * :class:`~shardws.protocol.frames.Close` -- the peer's close frame, already
   answered if the connection was OPEN.
 
+A protocol error right after complete messages: when one
+:meth:`Connection.receive_data` call parses message events and then a frame
+that breaks the protocol, it returns those messages and holds the failure
+back (:attr:`Connection.pending_failure`; parsing stops, later data is
+ignored) so that the application can answer them before the close frame goes
+out. The I/O layer then calls :meth:`Connection.fail_pending` -- once the
+application has consumed the messages, or after a bounded delay; without
+messages before the error the connection fails at once.
+
 Ping floods: each ping queues a pong, but at most ``max_pending_pongs`` pongs
 wait in the outgoing list between two calls of :meth:`Connection.data_to_send`;
 past that, a new pong replaces the newest waiting one (RFC 6455 section
@@ -168,6 +177,7 @@ class Connection:
         "close_sent",
         "close_rcvd_then_sent",
         "failure",
+        "pending_failure",
         "frame_share_key",
         "_max_size",
         "_parser",
@@ -211,6 +221,7 @@ class Connection:
         self.close_sent: Close | None = None
         self.close_rcvd_then_sent: bool | None = None
         self.failure: RemoteProtocolError | None = None
+        self.pending_failure: RemoteProtocolError | None = None
         self._max_size = max_size
         self._ext = extensions[0] if extensions else None
         # RFC 6455 section 5.1: "The server MUST close the connection upon
@@ -299,9 +310,12 @@ class Connection:
 
         Never raises for the peer's faults: the connection fails instead
         (:attr:`failure` is set, a close frame with the error's close code is
-        queued, :meth:`close_transport_now` becomes True). Data received after
-        a close frame or a failure is ignored. Raises :class:`InvalidState`
-        while CONNECTING.
+        queued, :meth:`close_transport_now` becomes True). If this call parsed
+        complete messages before the fault, it returns them and only holds the
+        failure back: :attr:`pending_failure` is set, the state stays OPEN (the
+        application may still answer them) until :meth:`fail_pending`,
+        :meth:`send_close` or :meth:`fail`. Data received after a close frame
+        or a fault is ignored. Raises :class:`InvalidState` while CONNECTING.
         """
         if self._discard:
             return []
@@ -344,9 +358,9 @@ class Connection:
                     if message is not None:
                         events.append(message)
         except UnicodeDecodeError as exc:
-            self._fail_remote(InvalidUTF8(f"invalid UTF-8 at byte {exc.start}"))
+            self._fail_remote(InvalidUTF8(f"invalid UTF-8 at byte {exc.start}"), events)
         except RemoteProtocolError as exc:
-            self._fail_remote(exc)
+            self._fail_remote(exc, events)
         return events
 
     def _receive_fragment(
@@ -466,26 +480,57 @@ class Connection:
         return close
 
     def receive_eof(self) -> None:
-        """The transport is closed (EOF or connection lost): state CLOSED."""
+        """The transport is closed (EOF or connection lost): state CLOSED.
+
+        A pending failure is dropped (nothing can be sent any more);
+        :attr:`failure` still tells it.
+        """
         self._transition(_Ev.EOF)
+        self.pending_failure = None
         self._discard = True
         self._drop_message()
 
     # ------------------------------------------------------------ fail
 
-    def _fail_remote(self, exc: RemoteProtocolError) -> None:
+    def _fail_remote(self, exc: RemoteProtocolError, events: list[Event]) -> None:
         self.failure = exc
+        if self.state is State.OPEN and any(type(e) is str or type(e) is bytes for e in events):
+            # Messages parsed before the fault are returned: hold the close
+            # frame back until the application had a chance to answer them
+            # (Autobahn 3.2, 4.1.3, 5.15: the echo, then the close).
+            self.pending_failure = exc
+            self._discard = True
+            self._drop_message()
+            return
         self._fail(exc.close_code, str(exc))
+
+    def fail_pending(self) -> bool:
+        """Fail the connection for the fault :meth:`receive_data` held back.
+
+        Queues the close frame with the fault's close code, state CLOSING,
+        :meth:`close_transport_now` becomes True. Returns False (and does
+        nothing) when no failure is pending.
+        """
+        exc = self.pending_failure
+        if exc is None:
+            return False
+        self.pending_failure = None
+        self._fail(exc.close_code, str(exc))
+        return True
 
     def fail(self, code: int, reason: str = "") -> None:
         """Fail the connection (RFC 6455 section 7.1.7): queue a close frame
         with ``code`` if none was sent, state CLOSING, then close the transport.
 
+        While a failure is pending (:attr:`pending_failure`), its close code
+        and reason are sent instead: the peer's fault comes first.
+
         Raises :class:`LocalProtocolError` for a code not allowed on the wire,
         :class:`InvalidState` unless OPEN or CLOSING.
         """
         serialize_close(code, "")  # validates the code
-        self._fail(code, reason)
+        if not self.fail_pending():
+            self._fail(code, reason)
 
     def _fail(self, code: int, reason: str) -> None:
         if self.state is State.OPEN:
@@ -602,6 +647,9 @@ class Connection:
         """Start the closing handshake: queue a close frame, state CLOSING.
 
         ``code=None`` sends a close frame without a payload (received as 1005).
+        While a failure is pending (:attr:`pending_failure`), the connection
+        fails with it instead (see :meth:`fail_pending`): RFC 6455 section
+        7.1.7 asks for "an appropriate status code" for the peer's fault.
         Raises :class:`InvalidState` unless OPEN, :class:`LocalProtocolError`
         for a code not allowed on the wire, a reason over 123 UTF-8 bytes, or
         a reason without a code.
@@ -610,10 +658,15 @@ class Connection:
         if code is None:
             if reason:
                 raise LocalProtocolError("a close reason requires a close code")
-            self._out.append(self._frame(OP_CLOSE, b""))
-            self.close_sent = Close(1005, "")
+            payload = b""
+            close = Close(1005, "")
         else:
-            self._queue_close(code, reason)
+            payload = serialize_close(code, reason)
+            close = Close(code, reason)
+        if self.fail_pending():
+            return
+        self._out.append(self._frame(OP_CLOSE, payload))
+        self.close_sent = close
         self._transition(_Ev.SEND_CLOSE)
 
     def encode_message(self, opcode: int, payload: bytes | str) -> bytes:

@@ -236,6 +236,14 @@ def test_bad_input(case: Case, bytewise: bool) -> None:
     assert [e for e in events if isinstance(e, str | bytes)] == case.events
     assert conn.failure is not None
     assert conn.failure.close_code == case.code
+    # Messages parsed in the same call as the fault hold its close frame back
+    # until the application is done with them (then fail_pending()).
+    if conn.pending_failure is not None:
+        assert case.events and not bytewise
+        assert conn.pending_failure is conn.failure
+        assert conn.state is State.OPEN and not conn.close_transport_now()
+        assert conn.fail_pending()
+    assert conn.pending_failure is None
     # The close frame sent is the last thing queued, unmasked, with the code.
     parser = FrameParser(require_mask=False, max_size=None)
     for frame_bytes in conn.data_to_send():

@@ -333,6 +333,139 @@ def test_failure_reason_from_exception() -> None:
     assert frames_sent(conn) == [close_frame(1002, "invalid opcode 0xb")]
 
 
+# ------------------------------------------- fault after messages: pending
+
+# (name, client bytes, events, close code, held back?): a fault after complete
+# messages in the same read is held back; without messages it fails at once.
+PENDING_CASES: list[tuple[str, bytes, list[Event], int, bool]] = [
+    ("text then RSV2", client(OP_TEXT, b"a") + client(OP_TEXT, b"b", rsv=2), ["a"], 1002, True),
+    ("binary then reserved opcode", client(OP_BINARY, b"a") + client(0x3), [b"a"], 1002, True),
+    (
+        "fragmented text then stray continuation",
+        client(OP_TEXT, b"a", fin=False) + client(OP_CONT, b"b") + client(OP_CONT, b"c"),
+        ["ab"],
+        1002,
+        True,
+    ),
+    ("text then invalid UTF-8", client(OP_TEXT, b"a") + client(OP_TEXT, b"\xff"), ["a"], 1007, True),
+    ("text then too big", client(OP_TEXT, b"a") + client(OP_BINARY, bytes(1025)), ["a"], 1009, True),
+    (
+        "text, ping, then an unfinished message broken",
+        client(OP_TEXT, b"a")
+        + client(OP_PING, b"p")
+        + client(OP_BINARY, b"x", fin=False)
+        + client(OP_TEXT, b"y"),
+        ["a", Ping(b"p")],
+        1002,
+        True,
+    ),
+    ("ping then reserved opcode", client(OP_PING, b"p") + client(0x3), [Ping(b"p")], 1002, False),
+    ("pong then RSV3", client(OP_PONG) + client(OP_TEXT, rsv=1), [Pong(b"")], 1002, False),
+    ("reserved opcode alone", client(0xB), [], 1002, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "wire", "events", "code", "held"), PENDING_CASES, ids=[c[0] for c in PENDING_CASES]
+)
+def test_fault_after_messages_is_held_back(
+    name: str, wire: bytes, events: list[Event], code: int, held: bool
+) -> None:
+    conn = Connection(max_size=1024)
+    assert conn.receive_data(wire) == events
+    assert conn.failure is not None and conn.failure.close_code == code
+    pongs = [Frame(OP_PONG, e.data) for e in events if isinstance(e, Ping)]
+    if held:
+        assert conn.pending_failure is conn.failure
+        assert conn.state is State.OPEN
+        assert not conn.close_transport_now()
+        assert frames_sent(conn) == pongs  # no close frame yet
+        assert conn.receive_data(client(OP_TEXT, b"later")) == []  # parsing stopped
+        conn.send_text("echo")  # the application may still answer
+        assert conn.fail_pending()
+        pongs = [Frame(OP_TEXT, b"echo")]
+    else:
+        assert conn.pending_failure is None
+        assert not conn.fail_pending()
+    assert frames_sent(conn) == [*pongs, close_frame(code, str(conn.failure))]
+    assert conn.pending_failure is None
+    assert conn.state is State.CLOSING
+    assert conn.close_transport_now()
+
+
+def _held_back() -> Connection:
+    conn = Connection()
+    assert conn.receive_data(client(OP_TEXT, b"a") + client(0x3)) == ["a"]
+    assert conn.pending_failure is not None
+    return conn
+
+
+# (name, action on a connection with a pending failure, frames sent, state after)
+RESOLVE_PENDING: list[tuple[str, Callable[[Connection], object], list[Frame], State]] = [
+    ("fail_pending", Connection.fail_pending, [close_frame(1002, "invalid opcode 0x3")], State.CLOSING),
+    (
+        "send_close sends the fault's code",
+        lambda c: c.send_close(1000, "bye"),
+        [close_frame(1002, "invalid opcode 0x3")],
+        State.CLOSING,
+    ),
+    (
+        "send_close without code",
+        lambda c: c.send_close(None),
+        [close_frame(1002, "invalid opcode 0x3")],
+        State.CLOSING,
+    ),
+    (
+        "fail sends the fault's code",
+        lambda c: c.fail(1011, "timeout"),
+        [close_frame(1002, "invalid opcode 0x3")],
+        State.CLOSING,
+    ),
+    ("eof drops it", Connection.receive_eof, [], State.CLOSED),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "action", "frames", "state"), RESOLVE_PENDING, ids=[c[0] for c in RESOLVE_PENDING]
+)
+def test_resolve_pending_failure(
+    name: str, action: Callable[[Connection], object], frames: list[Frame], state: State
+) -> None:
+    conn = _held_back()
+    failure = conn.failure
+    action(conn)
+    assert frames_sent(conn) == frames
+    assert conn.state is state
+    assert conn.pending_failure is None
+    assert conn.failure is failure  # still tells why
+    assert conn.close_transport_now() is (state is State.CLOSING)
+    assert not conn.fail_pending()  # applied once
+
+
+@pytest.mark.parametrize(
+    "action",
+    [lambda c: c.send_close(999), lambda c: c.send_close(None, "why"), lambda c: c.fail(1006)],
+    ids=["bad code", "reason without code", "fail with bad code"],
+)
+def test_bad_close_arguments_keep_pending_failure(action: Callable[[Connection], None]) -> None:
+    conn = _held_back()
+    with pytest.raises(LocalProtocolError):
+        action(conn)
+    assert conn.pending_failure is not None
+    assert conn.data_to_send() == []
+
+
+def test_fault_after_messages_while_closing_fails_at_once() -> None:
+    """Once we sent a close frame nothing can answer the messages: no hold back."""
+    conn = Connection()
+    conn.send_close(1001)
+    conn.data_to_send()
+    assert conn.receive_data(client(OP_TEXT, b"a") + client(0x3)) == ["a"]
+    assert conn.pending_failure is None
+    assert conn.failure is not None
+    assert conn.close_transport_now()
+
+
 # ----------------------------------------------------------------- state
 
 STATE_CASES: list[tuple[str, Callable[[Connection], object], State, State | type[Exception]]] = [
@@ -515,6 +648,10 @@ def test_client_rejects_masked_frames() -> None:
     conn = Connection(Side.CLIENT, mask_key_factory=lambda: MASK)
     assert conn.receive_data(server(OP_TEXT, b"ok") + client(OP_TEXT, b"masked")) == ["ok"]
     assert conn.failure is not None
+    # "ok" came in the same read: the close waits for fail_pending()
+    assert conn.pending_failure is conn.failure
+    assert conn.data_to_send() == []
+    assert conn.fail_pending()
     assert frames_sent(conn) == [close_frame(1002, "incorrect masking")]
     assert conn.close_transport_now()
 
