@@ -57,6 +57,7 @@ cannot express; the bus is supported on x86-64 only.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from .base import MessageTooLarge
@@ -77,6 +78,7 @@ __all__ = [
     "RingWriter",
     "RingReader",
     "Record",
+    "Handler",
 ]
 
 MAGIC: Final = 0x47525753  # "SWRG"
@@ -114,6 +116,8 @@ assert _RECORD.size == RECORD_HEADER
 
 #: One record as a reader hands it out: (kind, opcode, topic, payload).
 Record = tuple[int, int, bytes, bytes]
+#: ``handle(kind, opcode, topic, payload)``, called by :meth:`RingReader.drain`.
+Handler = Callable[[int, int, bytes, bytes], None]
 
 
 def _align(n: int) -> int:
@@ -185,6 +189,7 @@ class RingWriter:
         "_reserved",
         "_max_record",
         "_chunk",
+        "_heads",
         "records",
     )
 
@@ -193,6 +198,7 @@ class RingWriter:
         self._cap = _check_region(region)
         self._max_record = max_record(self._cap)
         self._chunk = min(1 << 16, self._cap // 16)
+        self._heads: dict[int, Callable[..., None]] = {}
         tail, reserved = _PAIR.unpack_from(region, _OFF_TAIL)
         next_seq, committed = _PAIR.unpack_from(region, _OFF_NEXT_SEQ)
         # A writer killed mid-record left reserved > committed: the bytes in
@@ -260,16 +266,14 @@ class RingWriter:
         head = self._head
         end = head + size
         off = head % self._cap
-        if end > self._reserved or off + size > self._cap or kind not in _KINDS:
+        if end > self._reserved or off + size > self._cap or not 0 < kind < 4 or tlen > MAX_TOPIC:
             # Slow path: checks, padding to the end of the data area, reservation.
-            if size > self._max_record:
-                if tlen > MAX_TOPIC:
-                    raise ValueError(f"topic longer than {MAX_TOPIC} bytes")
-                raise MessageTooLarge(plen, max_payload(self._cap, topic[: self._cap]))
-            if kind not in _KINDS:
-                raise ValueError(f"unknown record kind: {kind}")
             if tlen > MAX_TOPIC:
                 raise ValueError(f"topic longer than {MAX_TOPIC} bytes")
+            if size > self._max_record:
+                raise MessageTooLarge(plen, max_payload(self._cap, topic))
+            if kind not in _KINDS:
+                raise ValueError(f"unknown record kind: {kind}")
             if off + size > self._cap:
                 pad = self._cap - off
                 self._reserve(head + pad + size)
@@ -282,11 +286,12 @@ class RingWriter:
         buf = self._buf
         seq = self._seq
         start = RING_HEADER + off
-        _RECORD.pack_into(buf, start, size, kind, opcode, tlen, seq, plen)
-        start += RECORD_HEADER
-        if tlen:
-            buf[start : start + tlen] = topic
-            start += tlen
+        # The record header and the topic in one pack (a Struct per topic length).
+        pack_head = self._heads.get(tlen)
+        if pack_head is None:
+            pack_head = self._heads[tlen] = struct.Struct(f"{_RECORD.format}{tlen}s").pack_into
+        pack_head(buf, start, size, kind, opcode, tlen, seq, plen, topic)
+        start += RECORD_HEADER + tlen
         buf[start : start + plen] = payload
         self._head = end
         self._seq = seq + 1
@@ -368,10 +373,12 @@ class RingReader:
         self.resyncs += 1
         return int(tail)
 
-    def drain(self, out: list[Record], limit: int = 4096) -> int:
-        """Append up to ``limit`` committed records to ``out``; return how many.
+    def drain(self, handle: Handler, limit: int = 4096) -> int:
+        """Call ``handle(kind, opcode, topic, payload)`` for up to ``limit`` records.
 
-        Records come in the writer's order. The committed span is copied out
+        Returns how many were handled. Records come in the writer's order,
+        each handled at most once (also when ``handle`` raises: the error
+        propagates after the record counts as read). The committed span is copied out
         of shared memory in one piece, then checked against the writer's
         reservation: a span the writer may have overwritten while it was
         copied is discarded, the reader resyncs to the oldest intact record
@@ -407,10 +414,10 @@ class RingReader:
                 # The writer reserved space over part of what we copied.
                 self._pos = self._resync()
                 continue
-            return self._parse(chunk, span, off, end == committed or end == pos + cap - off, out, limit)
+            return self._parse(chunk, span, off, end == committed or end == pos + cap - off, handle, limit)
         return 0
 
-    def _parse(self, chunk: bytes, span: int, off: int, exact: bool, out: list[Record], limit: int) -> int:
+    def _parse(self, chunk: bytes, span: int, off: int, exact: bool, handle: Handler, limit: int) -> int:
         # Parse the private copy of [pos, pos + span). `exact`: span ends on a
         # record boundary (committed or the end of the data area), so a record
         # crossing it is corrupt rather than cut by the copy limit.
@@ -422,45 +429,45 @@ class RingReader:
         n = 0
         o = 0
         corrupt = False
-        while o < span and n < limit:
-            size, kind, opcode, tlen, seq, plen = unpack_record(chunk, o)
-            if size < 8 or size & 7:
-                corrupt = True
-                break
-            if o + size > span:
-                corrupt = exact or o == 0
-                break
-            if kind == KIND_PAD:
-                if off + o + size != cap:
+        # Literals in the loop (it runs once per message): 0 is KIND_PAD,
+        # 24 is RECORD_HEADER, kinds 1..3 are the valid ones.
+        try:
+            while o < span and n < limit:
+                size, kind, opcode, tlen, seq, plen = unpack_record(chunk, o)
+                end = o + size
+                if end > span or size < 8 or size & 7:
+                    corrupt = exact or o == 0 or size < 8 or size & 7
+                    break
+                if kind == 0:
+                    if off + end != cap:
+                        corrupt = True
+                        break
+                    o = end
+                    continue
+                start = o + 24
+                if start + tlen + plen > end or kind > 3:
                     corrupt = True
                     break
-                o += size
-                continue
-            if RECORD_HEADER + tlen + plen > size or kind not in _KINDS:
-                corrupt = True
-                break
-            if seq != expected:
-                if seq > expected:
-                    dropped += seq - expected
-                elif not soft:
-                    corrupt = True  # a sequence number going back
-                    break
-            expected = seq + 1
-            soft = False
-            start = o + RECORD_HEADER
-            if tlen:
-                topic = chunk[start : start + tlen]
-                start += tlen
-            else:
-                topic = b""
-            out.append((kind, opcode, topic, chunk[start : start + plen]))
-            n += 1
-            o += size
-        self._pos += o
-        self._expected = expected
-        self._soft = soft
-        self.dropped += dropped
-        self.received += n
+                if seq != expected:
+                    if seq > expected:
+                        dropped += seq - expected
+                    elif not soft:
+                        corrupt = True  # a sequence number going back
+                        break
+                expected = seq + 1
+                soft = False
+                n += 1
+                o = end  # read before handled: at most once
+                if tlen:
+                    handle(kind, opcode, chunk[start : start + tlen], chunk[start + tlen : start + tlen + plen])
+                else:
+                    handle(kind, opcode, b"", chunk[start : start + plen])
+        finally:
+            self._pos += o
+            self._expected = expected
+            self._soft = soft
+            self.dropped += dropped
+            self.received += n
         if corrupt:
             # Committed yet inconsistent (never expected): skip what is
             # committed; the next record's sequence number counts the loss.

@@ -25,11 +25,7 @@ from typing import Any
 from .base import Bus, BusStats, Deliver, Message, check_message
 from .delivery import deliver_local
 from .ring import (
-    KIND_BROADCAST,
-    KIND_PUBLISH,
-    OPCODE_BINARY,
-    OPCODE_TEXT,
-    Record,
+    MAX_TOPIC,
     RingReader,
     RingWriter,
     init_region,
@@ -146,6 +142,7 @@ class ShmBus(Bus):
             raise ValueError("worker_id out of range, or one eventfd per ring needed")
         self.worker_id = worker_id
         self._writer = RingWriter(regions[worker_id], pid=os.getpid())
+        self._write = self._writer.write
         self._all_readers = [(i, RingReader(r)) for i, r in enumerate(regions) if i != worker_id]
         self._all_fds = [(i, fd) for i, fd in enumerate(eventfds) if i != worker_id]
         self._readers = [reader for _, reader in self._all_readers]
@@ -155,7 +152,6 @@ class ShmBus(Bus):
         self._refresh_slots()
         self._efd = eventfds[worker_id]
         self._batch_limit = batch
-        self._batch: list[Record] = []
         self._report = report
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deliver: Deliver = deliver_local
@@ -169,33 +165,47 @@ class ShmBus(Bus):
     def max_payload(self, topic: str | None = None) -> int:
         return self._writer.max_payload(topic.encode() if topic else b"")
 
+    def _topic(self, topic: str) -> bytes:
+        if not isinstance(topic, str):
+            raise TypeError(f"topic must be str, not {type(topic).__name__}")
+        topic_bytes = topic.encode()
+        if len(topic_bytes) > MAX_TOPIC:
+            raise ValueError(f"topic longer than {MAX_TOPIC} bytes")
+        if len(self._topics_out) >= _TOPIC_CACHE:
+            self._topics_out.clear()
+        self._topics_out[topic] = topic_bytes
+        return topic_bytes
+
     def publish(self, topic: str, message: Message) -> None:
         topic_bytes = self._topics_out.get(topic)
         if topic_bytes is None:
-            if not isinstance(topic, str):
-                raise TypeError(f"topic must be str, not {type(topic).__name__}")
-            topic_bytes = topic.encode()
-            if len(self._topics_out) >= _TOPIC_CACHE:
-                self._topics_out.clear()
-            self._topics_out[topic] = topic_bytes
-        if isinstance(message, str):
-            self._writer.write(KIND_PUBLISH, OPCODE_TEXT, topic_bytes, message.encode())
+            topic_bytes = self._topic(topic)
+        # Kinds and opcodes as literals on this hot path: 2 = KIND_PUBLISH,
+        # 1 = OPCODE_TEXT, 2 = OPCODE_BINARY.
+        if type(message) is bytes:
+            self._write(2, 2, topic_bytes, message)
+            self._deliver(topic, message)
+        elif type(message) is str:
+            self._write(2, 1, topic_bytes, message.encode())
             self._deliver(topic, message)
         else:
             is_text, payload = check_message(message)
-            self._writer.write(KIND_PUBLISH, OPCODE_BINARY, topic_bytes, payload)
-            self._deliver(topic, message if isinstance(message, bytes) else bytes(payload))
+            self._write(2, 1 if is_text else 2, topic_bytes, payload)
+            self._deliver(topic, message if is_text else bytes(payload))  # type: ignore[arg-type]
         if not self._flush_pending:
             self._schedule_flush()
 
     def broadcast(self, message: Message) -> None:
-        if isinstance(message, str):
-            self._writer.write(KIND_BROADCAST, OPCODE_TEXT, b"", message.encode())
+        if type(message) is bytes:
+            self._write(1, 2, b"", message)
+            self._deliver(None, message)
+        elif type(message) is str:
+            self._write(1, 1, b"", message.encode())
             self._deliver(None, message)
         else:
             is_text, payload = check_message(message)
-            self._writer.write(KIND_BROADCAST, OPCODE_BINARY, b"", payload)
-            self._deliver(None, message if isinstance(message, bytes) else bytes(payload))
+            self._write(1, 1 if is_text else 2, b"", payload)
+            self._deliver(None, message if is_text else bytes(payload))  # type: ignore[arg-type]
         if not self._flush_pending:
             self._schedule_flush()
 
@@ -280,38 +290,40 @@ class ShmBus(Bus):
         self._drain_pending = False
         if self._table is not None:
             self._refresh_slots()
-        batch = self._batch
         limit = self._batch_limit
+        handle = self._handle
         more = False
+        n = 0
         for reader in self._readers:
-            reader.drain(batch, limit)
+            n += reader.drain(handle, limit)
             if reader.pending():  # a bounded batch: come back next iteration
                 more = True
-        n = len(batch)
-        if n:
-            deliver = self._deliver
-            topics = self._topics_in
-            for kind, opcode, topic_bytes, payload in batch:
-                message: str | bytes = payload.decode() if opcode == OPCODE_TEXT else payload
-                try:
-                    if kind == KIND_PUBLISH:
-                        topic = topics.get(topic_bytes)
-                        if topic is None:
-                            topic = topic_bytes.decode()
-                            if len(topics) >= _TOPIC_CACHE:
-                                topics.clear()
-                            topics[topic_bytes] = topic
-                        deliver(topic, message)
-                    elif kind == KIND_BROADCAST:
-                        deliver(None, message)
-                except Exception:
-                    logger.exception("bus delivery failed")
-            batch.clear()
-            if self._report is not None:
-                self._report(self.stats())
+        if n and self._report is not None:
+            self._report(self.stats())
         if more:
             self._schedule_drain()
         return n
+
+    def _handle(self, kind: int, opcode: int, topic_bytes: bytes, payload: bytes) -> None:
+        # One record from another worker (1 = text opcode; kinds: 2 publish, 1 broadcast).
+        try:
+            message: str | bytes = payload.decode() if opcode == 1 else payload
+            if kind == 2:
+                topic = self._topics_in.get(topic_bytes)
+                if topic is None:
+                    topic = self._new_topic(topic_bytes)
+                self._deliver(topic, message)
+            elif kind == 1:
+                self._deliver(None, message)
+        except Exception:
+            logger.exception("bus delivery failed")
+
+    def _new_topic(self, topic_bytes: bytes) -> str:
+        topics = self._topics_in
+        if len(topics) >= _TOPIC_CACHE:
+            topics.clear()
+        topic = topics[topic_bytes] = topic_bytes.decode()
+        return topic
 
     def close(self) -> None:
         loop = self._loop

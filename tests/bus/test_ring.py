@@ -36,7 +36,7 @@ def region() -> memoryview:
 
 def drain_all(reader: RingReader) -> list[Record]:
     out: list[Record] = []
-    while reader.drain(out):
+    while reader.drain(lambda *record: out.append(record)):
         pass
     return out
 
