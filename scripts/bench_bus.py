@@ -60,9 +60,20 @@ BATCH = 256  # messages per event-loop iteration / Redis pipeline
 DEADLINE = 60.0
 
 
+#: --realtime: latency processes run SCHED_FIFO (needs root / CAP_SYS_NICE).
+REALTIME = False
+
+
 def pin(cpu: int) -> None:
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {cpu})
+
+
+def realtime() -> None:
+    """With --realtime, run this (latency) process SCHED_FIFO: other jobs on a
+    shared box then stop adding their time slices to the measured latency."""
+    if REALTIME:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -151,11 +162,18 @@ def percentiles(samples: list[int]) -> tuple[float, float]:
 
 
 def paced(count: int, rate: float, send: Callable[[bool, int], None]) -> None:
-    """Call ``send(last, stamp_ns)`` ``count`` times at ``rate`` per second (busy wait)."""
+    """Call ``send(last, stamp_ns)`` ``count`` times at ``rate`` per second.
+
+    Sleeps until 50 us before each send, then spins (a paced sender, not
+    synchronisation), so the writer leaves its CPU free between sends.
+    """
     period = int(1e9 / rate)
     clock = time.perf_counter_ns  # CLOCK_MONOTONIC: one clock for every process
     due = clock()
     for i in range(count):
+        ahead = due - clock() - 50_000
+        if ahead > 0:
+            time.sleep(ahead / 1e9)
         while clock() < due:
             pass
         send(i == count - 1, clock())
@@ -233,6 +251,7 @@ def bus_latency(size: int, count: int, rate: float) -> tuple[float, float]:
 
     def reader(ready: Callable[[], None], report: Callable[[Any], None]) -> None:
         pin(READER_CPU)
+        realtime()
         loop = new_loop()
         bus = rings.bus(1)
         done: asyncio.Future[None] = loop.create_future()
@@ -251,6 +270,7 @@ def bus_latency(size: int, count: int, rate: float) -> tuple[float, float]:
 
     def writer(ready: Callable[[], None], report: Callable[[Any], None]) -> None:
         pin(WRITER_CPU)
+        realtime()
         bus = rings.bus(0)  # not started: every publish wakes the reader at once
         bus._deliver = lambda topic, message: None
         paced(count, rate, lambda last, stamp: bus.publish(TOPIC, payload(size, last, stamp)))
@@ -307,6 +327,7 @@ def pipe_latency(size: int, count: int, rate: float) -> tuple[float, float]:
 
     def reader(ready: Callable[[], None], report: Callable[[Any], None]) -> None:
         pin(READER_CPU)
+        realtime()
         ready()
         samples = array("q")
         clock = time.perf_counter_ns
@@ -319,6 +340,7 @@ def pipe_latency(size: int, count: int, rate: float) -> tuple[float, float]:
 
     def writer(ready: Callable[[], None], report: Callable[[Any], None]) -> None:
         pin(WRITER_CPU)
+        realtime()
         paced(count, rate, lambda last, stamp: sender.send_bytes(payload(size, last, stamp)))
         report(None)
 
@@ -375,12 +397,14 @@ class RedisServer:
 
 
 def redis_subscriber(
-    port: int, on_message: Callable[[bytes], bool], result: Callable[[], Any]
+    port: int, on_message: Callable[[bytes], bool], result: Callable[[], Any], latency: bool = False
 ) -> Callable[..., None]:
     def reader(ready: Callable[[], None], report: Callable[[Any], None]) -> None:
         import redis.asyncio as redis
 
         pin(READER_CPU)
+        if latency:
+            realtime()
         loop = new_loop()
 
         async def run() -> Any:
@@ -447,12 +471,15 @@ def redis_latency(port: int, size: int, count: int, rate: float) -> tuple[float,
         samples.append(time.perf_counter_ns() - int.from_bytes(data[1:9], "little"))
         return data[0] == 1
 
-    sub = redis_subscriber(port, on_message, lambda: percentiles(list(samples)[len(samples) // 10 :]))
+    sub = redis_subscriber(
+        port, on_message, lambda: percentiles(list(samples)[len(samples) // 10 :]), latency=True
+    )
 
     def writer(ready: Callable[[], None], report: Callable[[Any], None]) -> None:
         import redis.asyncio as redis
 
         pin(WRITER_CPU)
+        realtime()
         loop = new_loop()
 
         async def run() -> None:
@@ -461,6 +488,9 @@ def redis_latency(port: int, size: int, count: int, rate: float) -> tuple[float,
             clock = time.perf_counter_ns
             due = clock()
             for i in range(count):
+                ahead = due - clock() - 50_000
+                if ahead > 0:
+                    time.sleep(ahead / 1e9)
                 while clock() < due:
                     pass
                 await client.publish(TOPIC, payload(size, i == count - 1, clock()))
@@ -584,7 +614,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-redis", action="store_true", help="skip Redis pub/sub")
     parser.add_argument("--no-broadcast", action="store_true", help="skip the cluster broadcast")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument(
+        "--realtime", action="store_true",
+        help="latency runs as SCHED_FIFO (root): keeps a shared box's other jobs out of p99",
+    )
     args = parser.parse_args(argv)
+    global REALTIME
+    REALTIME = args.realtime
     scale = 0.3 if args.quick else 1.0
     rate = 10_000.0
     latency_count = int(15_000 * scale) or 1000
@@ -618,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     print(f"worker to worker, writer on CPU {WRITER_CPU}, reader on CPU {READER_CPU} "
-          f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}); latency at {rate:.0f} messages/s")
+          f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}); latency at {rate:.0f} messages/s"
+          f"{' (SCHED_FIFO)' if REALTIME else ''}")
     print(f"{'size':>6} {'transport':<22} {'messages/s':>12} {'dropped':>8} {'p50 us':>8} {'p99 us':>8}")
     for row in results["rows"]:
         for name, key in (("shardws bus", "bus"), ("redis pub/sub", "redis"), ("multiprocessing pipe", "pipe")):
