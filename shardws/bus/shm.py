@@ -148,6 +148,7 @@ class ShmBus(Bus):
         self._readers = [reader for _, reader in self._all_readers]
         self._wake_fds = [fd for _, fd in self._all_fds]
         self._table = table
+        self._dropped_reported = 0
         self._refreshed = -1.0
         self._refresh_slots()
         self._efd = eventfds[worker_id]
@@ -230,8 +231,6 @@ class ShmBus(Bus):
                     live.add(slot.index)
         self._wake_fds = [fd for i, fd in self._all_fds if i in live]
         self._readers = [reader for i, reader in self._all_readers if i in used]
-        if self.worker_id < len(table):
-            table.slot(self.worker_id).bus_drops = sum(r.dropped for _, r in self._all_readers)
 
     def _schedule_flush(self) -> None:
         loop = self._loop
@@ -298,6 +297,11 @@ class ShmBus(Bus):
             n += reader.drain(handle, limit)
             if reader.pending():  # a bounded batch: come back next iteration
                 more = True
+        if n and self._table is not None:
+            dropped = sum(r.dropped for r in self._readers)
+            if dropped != self._dropped_reported:
+                self._dropped_reported = dropped
+                self._table.slot(self.worker_id).bus_drops = dropped
         if n and self._report is not None:
             self._report(self.stats())
         if more:
