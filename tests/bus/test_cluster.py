@@ -147,3 +147,39 @@ async def test_rooms_are_separate_across_workers(chat: ChatServer) -> None:
         assert (await a[0].recv()).startswith("connections: ")
     for ws in [*a.values(), *b.values()]:
         await ws.close()
+
+
+async def test_killed_worker_is_replaced_and_its_slot_talks_again(chat: ChatServer) -> None:
+    status = chat.status()
+    victim = next(w for w in status["workers"] if w["id"] == 1)
+    # Traffic first, so the ring of slot 1 holds committed records when it dies.
+    clients = await one_client_per_worker(chat.url, "lobby", 2)
+    for i in range(100):
+        await clients[1].send(f"before {i}")
+    async with asyncio.timeout(DEADLINE):
+        for i in range(100):
+            assert await clients[0].recv() == f"before {i}"
+    os.kill(victim["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + DEADLINE
+    while True:  # the supervisor respawns a worker into slot 1
+        with contextlib.suppress(OSError, ValueError):
+            rows = {w["id"]: w for w in chat.status()["workers"]}
+            if 1 in rows and rows[1]["pid"] != victim["pid"] and rows[1]["state"] == "READY":
+                break
+        assert time.monotonic() < deadline, "worker 1 was not replaced"
+        await asyncio.sleep(0.02)  # polling the control socket, bounded by the deadline
+    assert rows[1]["generation"] > victim["generation"]
+    for ws in clients.values():
+        await ws.close()
+    clients = await one_client_per_worker(chat.url, "lobby", 2)
+    async with asyncio.timeout(DEADLINE):
+        for i in range(100):  # the replacement writes slot 1's ring on from where it was
+            await clients[1].send(f"after {i}")
+        for i in range(100):
+            assert await clients[0].recv() == f"after {i}"
+        await clients[0].send("back")
+        while (message := await clients[1].recv()) != "back":
+            assert message.startswith("after ")  # its own messages come back first
+    assert [w["bus_drops"] for w in chat.status()["workers"]] == [0, 0]
+    for ws in clients.values():
+        await ws.close()
