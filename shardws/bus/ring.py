@@ -22,7 +22,7 @@ Layout of a region (every offset and every record size is a multiple of 8)::
 Positions are absolute byte counts since the ring was created (they never
 wrap in 64 bits); a position ``p`` lives at ``p % C`` in the data area.
 
-Record (``HEADER`` = 24 bytes, then the topic, then the payload, padded to 8)::
+Record (``RECORD_HEADER`` = 24 bytes, then the topic, then the payload, padded to 8)::
 
     size u32, kind u8, opcode u8, topic_len u16, seq u64, payload_len u32, pad u32
 
@@ -32,19 +32,26 @@ sequence number) and writes the record at offset 0.
 
 Commit protocol (a seqlock by position)::
 
-    writer: store tail, reserved = end   (before touching any byte)
-            write the record bytes
-            store next_seq, then committed = end
-    reader: load committed, copy records in [cursor, committed),
-            load reserved; a record that starts before reserved - C may have
-            been overwritten while it was copied: drop it, resync to tail.
+    writer: store tail, then reserved (>= the end of the record; reserved
+            runs up to min(64 KiB, C/16) ahead, so this store is rare), before touching
+            any byte of the data area
+            write the record bytes (header and topic in one pack, payload)
+            store next_seq, then committed = end of the record
+    reader: load committed, copy [cursor, committed) out in one piece
+            (bounded per drain), then load reserved: if the copy starts before
+            reserved - C the writer may have overwritten it meanwhile: throw it
+            away and resync to tail (the oldest intact record); otherwise
+            parse the private copy, bounds-checking every length.
+
+A reader more than C behind ``committed`` was lapped: it resyncs to tail
+too. Losses are counted from the gap in sequence numbers (``dropped``).
 
 A record is visible only once ``committed`` covers it, so a writer killed in
 the middle of a record leaves nothing visible; its replacement continues from
 ``committed`` / ``next_seq`` found in the header, so sequence numbers never go
 backwards for the readers.
 
-Memory model assumption (documented, checked by the tests on the CI hosts):
+Memory model assumption (exercised by tests/bus with real processes):
 ``struct.pack_into("<Q", buf, off, v)`` at an 8-aligned ``off`` is one 8-byte
 ``memcpy`` that CPython compiles to a single aligned 8-byte store (the
 little-endian table uses the native packer on little-endian hosts), and
