@@ -15,7 +15,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ServeSettings", "SupervisorSettings", "setting_fields", "markdown_table"]
+__all__ = [
+    "ServeSettings", "SupervisorSettings", "setting_fields", "markdown_table", "worker_limit",
+    "worker_slots",
+]
 
 
 def _opt(
@@ -95,9 +98,35 @@ class SupervisorSettings:
         10.0, "a worker whose event loop is silent this long is killed and replaced",
         metavar="SECONDS",
     )
+    max_workers: int = _opt(
+        0, "most workers scale / SIGTTIN may reach; the bus maps max-workers + 1 rings "
+        "(0: 2 x --workers, at least --workers + 4)", metavar="N",
+    )
     bus_size: int = _opt(4 * 2**20, "shared-memory ring size per worker in bytes", metavar="BYTES")
     log_level: str = _opt("info", "log level (debug, info, warning, error)", metavar="LEVEL")
     pid_file: str | None = _opt(None, "write the supervisor pid here", metavar="PATH")
+
+
+def worker_limit(settings: SupervisorSettings) -> int:
+    """The most workers the supervisor runs at once (``max_workers``, or derived from ``workers``).
+
+    Never below ``workers``: 2 x workers, at least workers + 4, unless
+    ``max_workers`` says otherwise.
+    """
+    workers = max(1, settings.workers)
+    if settings.max_workers > 0:
+        return max(workers, settings.max_workers)
+    return max(2 * workers, workers + 4)
+
+
+def worker_slots(settings: SupervisorSettings) -> int:
+    """Slots of the worker table, each with a bus ring: :func:`worker_limit` + 1.
+
+    The spare slot lets a rolling restart start the replacement before the
+    old worker drains even at the limit (a freed slot is reused, and the
+    replacement takes its ring over).
+    """
+    return worker_limit(settings) + 1
 
 
 def setting_fields(cls: type) -> list[dataclasses.Field[Any]]:

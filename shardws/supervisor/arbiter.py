@@ -12,7 +12,7 @@ the same actions):
 | SIGTERM / SIGINT   | ``stop``     | DRAINING in the table, SIGTERM every worker (1001), SIGKILL at the graceful deadline |
 | SIGQUIT, 2nd stop  | ``quit``     | SIGKILL every worker, exit                                      |
 | SIGHUP             | ``reload``   | one at a time: fork a new worker, wait for READY, SIGHUP the old (1012) |
-| SIGTTIN / SIGTTOU  | ``scale_up`` / ``scale_down`` | one worker more / fewer (the newest drains with 1001) |
+| SIGTTIN / SIGTTOU  | ``scale_up`` / ``scale_down`` | one worker more (up to ``--max-workers``) / fewer (the newest drains with 1001) |
 | heartbeat too old  | -            | SIGKILL the worker; it is reaped and replaced                   |
 | boot keeps failing | -            | stop, exit 4                                                    |
 
@@ -40,7 +40,7 @@ from typing import Any
 
 from .. import bus
 from ..bus.table import WorkerState, WorkerTable
-from ..config import ServeSettings, SupervisorSettings
+from ..config import ServeSettings, SupervisorSettings, worker_limit, worker_slots
 from .worker import WorkerSpec, worker_main
 
 __all__ = [
@@ -157,7 +157,10 @@ class Supervisor:
         self.extra_serve_kwargs = dict(extra_serve_kwargs or {})
 
         self.target = max(1, self.settings.workers)
-        self.capacity = max(64, 2 * self.target + 2)
+        # Scale cap and table slots (one bus ring each): config.worker_limit / worker_slots.
+        self.max_workers = worker_limit(self.settings)
+        self.capacity = worker_slots(self.settings)
+        self._slot_wait_logged = False
         self.workers: dict[int, Worker] = {}
         self.actions: deque[str] = deque()
         self.table: WorkerTable | None = None
@@ -300,6 +303,10 @@ class Supervisor:
             log.info(
                 "serving %s with %d worker%s (supervisor pid %d)",
                 self.url, self.target, "" if self.target == 1 else "s", os.getpid(),
+            )
+            log.info(
+                "worker limit %d: %d slots, %.1f MiB of shared memory mapped for the bus",
+                self.max_workers, self.capacity, len(self.table.buffer) / 2**20,
             )
             while self.exit_code is None:
                 self._loop_once()
@@ -444,7 +451,8 @@ class Supervisor:
         elif action == "reload":
             self.reload()
         elif action == "scale_up":
-            self.scale(self.target + 1)
+            with contextlib.suppress(ValueError):  # at the limit: logged by scale()
+                self.scale(self.target + 1)
         elif action == "scale_down":
             self.scale(self.target - 1)
 
@@ -492,9 +500,20 @@ class Supervisor:
                  "" if len(self.reload_queue) == 1 else "s")
 
     def scale(self, n: int) -> str:
-        """Set the number of workers (1 .. capacity / 2); returns what it did."""
-        limit = self.capacity // 2
-        n = max(1, min(n, limit))
+        """Set the number of workers (at least 1); returns what it did.
+
+        Raises ``ValueError`` (and logs a warning) above ``max_workers``: the
+        worker table and the bus rings were mapped for that many before the
+        first fork and cannot grow; the workers stay as they are.
+        """
+        if n > self.max_workers:
+            message = (
+                f"cannot scale to {n} workers: the limit is {self.max_workers} "
+                f"(--max-workers; the bus rings are mapped at start)"
+            )
+            log.warning("%s; staying at %d", message, self.target)
+            raise ValueError(message)
+        n = max(1, n)
         if not self.stopping:
             log.info("workers: %d -> %d", self.target, n)
             self.target = n
@@ -540,7 +559,13 @@ class Supervisor:
     def _spawn(self) -> Worker | None:
         index = self._free_slot()
         if index is None:
+            # Every slot hosts a worker, some draining: wait until one exits.
+            if not self._slot_wait_logged:
+                self._slot_wait_logged = True
+                log.info("all %d worker slots in use: waiting for a draining worker to exit",
+                         self.capacity)
             return None
+        self._slot_wait_logged = False
         assert self.table is not None and self.spec is not None
         slot = self.table.slot(index)
         now = time.monotonic()
@@ -797,7 +822,10 @@ class Supervisor:
             self.actions.append("quit")
             return {"ok": True, "message": "stopping now"}
         if name == "scale":
-            return {"ok": True, "message": self.scale(int(request["workers"]))}
+            try:
+                return {"ok": True, "message": self.scale(int(request["workers"]))}
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc)}
         return {"ok": False, "error": f"unknown command {name!r}"}
 
     def status(self) -> dict[str, Any]:
@@ -816,6 +844,7 @@ class Supervisor:
                 "pid": os.getpid(),
                 "url": self.url,
                 "workers": self.target,
+                "max_workers": self.max_workers,
                 "uptime": round(now - self.started_at, 3),
                 "stopping": self.stopping,
                 "reloading": self.reloading,
