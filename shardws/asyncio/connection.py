@@ -1012,6 +1012,16 @@ class ServerConnection(asyncio.Protocol):
             self._start_keepalive()
             try:
                 await options.handler(self)
+            except ConnectionClosed as exc:
+                if self.state is State.OPEN:
+                    # Not this connection's closure (another connection's
+                    # ConnectionClosed escaped): a handler bug like any other.
+                    self.logger.error("connection handler failed", exc_info=True)
+                    await self.close(1011)
+                elif self._debug:
+                    # The peer went away or the server closed it (1001, 1012) while
+                    # the handler was reading: the normal end of a connection.
+                    self.logger.debug("connection handler ended by the closure: %s", exc)
             except Exception:
                 self.logger.error("connection handler failed", exc_info=True)
                 await self.close(1011)
