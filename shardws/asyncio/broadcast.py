@@ -135,6 +135,8 @@ def broadcast(
                     cached = protocol.encode_message(opcode, payload)
                     shared[key] = cached
                 frame = cached
+            if connection._corked:
+                connection._flush()  # what send() held back goes first
             transport.write(frame)
         except Exception as exc:
             if raise_exceptions:

@@ -65,6 +65,10 @@ __all__ = ["ServerConnection", "Data"]
 
 Data = str | bytes
 
+#: Bytes of messages that send() may hold back for one write per loop
+#: iteration (at most write_limit): past it, they are written at once.
+CORK_LIMIT = 2**16
+
 #: How long a protocol error may be held back when close_timeout is None.
 PENDING_FAILURE_TIMEOUT = 10.0
 
@@ -124,6 +128,9 @@ class ServerConnection(asyncio.Protocol):
         "_write_paused",
         "_reading_paused",
         "_drain_waiter",
+        "_corked",
+        "_cork_limit",
+        "_flush_scheduled",
         "_fragmented",
         "_pending_pings",
         "_keepalive_handle",
@@ -164,6 +171,11 @@ class ServerConnection(asyncio.Protocol):
         self._write_paused = False
         self._reading_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        # corking: bytes of messages queued in the protocol since the last
+        # write, flushed once per loop iteration or past _cork_limit
+        self._corked = 0
+        self._cork_limit = CORK_LIMIT
+        self._flush_scheduled = False
         # sending a fragmented message: other senders wait on this future
         self._fragmented: asyncio.Future[None] | None = None
         # pings: payload -> (future, time sent); insertion order = send order
@@ -269,6 +281,7 @@ class ServerConnection(asyncio.Protocol):
         self._remote_address = transport.get_extra_info("peername")
         high, low = self._options.write_limits
         self._transport.set_write_buffer_limits(high, low)
+        self._cork_limit = min(CORK_LIMIT, high)
         self._server._register(self)
         # The task exists from now on, so that Server.close() sees it.
         self._task = self._loop.create_task(self._run())
@@ -489,9 +502,15 @@ class ServerConnection(asyncio.Protocol):
     # -------------------------------------------------------------- sending
 
     def _flush(self) -> None:
-        """Write what the protocol has queued; start closing when it is not OPEN."""
+        """Write what the protocol has queued; start closing when it is not OPEN.
+
+        Every write goes through here, in the protocol's order: messages that
+        send() held back (corking) go out before a pong or close frame queued
+        after them.
+        """
         protocol = self._protocol
         assert protocol is not None
+        self._corked = 0
         chunks = protocol.data_to_send()
         if chunks:
             if len(chunks) == 1:
@@ -500,6 +519,29 @@ class ServerConnection(asyncio.Protocol):
                 self._transport.writelines(chunks)
         if protocol.state is not State.OPEN:
             self._closing_started()
+
+    def _cork(self, size: int) -> None:
+        """A message of ``size`` bytes (payload) was queued in the protocol by send().
+
+        DESIGN: "Writes produced in one loop iteration are coalesced into one
+        transport.write / writelines where possible": the first message
+        schedules one flush for the next loop iteration, the others join it;
+        past ``_cork_limit`` bytes everything is written at once (bounded
+        memory, and write_limit's back-pressure still applies).
+        """
+        corked = self._corked + size + 2  # + header: never 0, even for an empty message
+        if corked >= self._cork_limit:
+            self._flush()
+            return
+        self._corked = corked
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_corked)
+
+    def _flush_corked(self) -> None:
+        self._flush_scheduled = False
+        if self._corked and not self._closed_waiter.done():
+            self._flush()
 
     def _closing_started(self) -> None:
         protocol = self._protocol
@@ -571,16 +613,19 @@ class ServerConnection(asyncio.Protocol):
             await self._raise_closed()
         if isinstance(message, str):
             assert protocol is not None
+            payload = message.encode()
             if text is False:
-                protocol.send_binary(message.encode())
+                protocol.send_binary(payload)
             else:
-                protocol.send_text(message.encode())
+                protocol.send_text(payload)
+            size = len(payload)
         elif isinstance(message, (bytes, bytearray, memoryview)):
             assert protocol is not None
             if text:
                 protocol.send_text(bytes(message))
             else:
                 protocol.send_binary(message)
+            size = message.nbytes if isinstance(message, memoryview) else len(message)
         elif isinstance(message, Mapping):
             raise TypeError("data is a dict-like object")
         elif isinstance(message, Iterable):
@@ -592,7 +637,7 @@ class ServerConnection(asyncio.Protocol):
         else:
             raise TypeError("data must be str, bytes, iterable, or async iterable")
         _registry_stats.messages_out += 1
-        self._flush()
+        self._cork(size)
         if self._write_paused:
             await self._drain()
 
