@@ -76,6 +76,7 @@ PENDING_FAILURE_TIMEOUT = 10.0
 OK_CLOSE_CODES = frozenset({1000, 1001, 1005})
 
 _registry_stats = registry.stats
+_OPEN = State.OPEN
 
 
 class ServerConnection(asyncio.Protocol):
@@ -441,14 +442,18 @@ class ServerConnection(asyncio.Protocol):
         message = self._messages.popleft()
         self._queued_bytes -= len(message)
         if self._queue_full:
-            options = self._options
-            if (
-                len(self._messages) <= options.max_queue_low
-                and self._queued_bytes <= options.read_limit_low
-            ):
-                self._queue_full = False
-                self._update_reading()
+            self._resume_if_drained()
         return message
+
+    def _resume_if_drained(self) -> None:
+        """The queue was full: resume reading once below the low-water marks."""
+        options = self._options
+        if (
+            len(self._messages) <= options.max_queue_low
+            and self._queued_bytes <= options.read_limit_low
+        ):
+            self._queue_full = False
+            self._update_reading()
 
     async def recv(self, decode: bool | None = None) -> Data:
         """Receive the next message: ``str`` for text, ``bytes`` for binary.
@@ -466,7 +471,15 @@ class ServerConnection(asyncio.Protocol):
             raise ConcurrencyError(
                 "cannot call recv while another coroutine is already running recv"
             )
-        while not self._messages:
+        messages = self._messages
+        if messages and decode is None:
+            # Fast path: a message is waiting (no await at all).
+            message = messages.popleft()
+            self._queued_bytes -= len(message)
+            if self._queue_full:
+                self._resume_if_drained()
+            return message
+        while not messages:
             if self._closed_waiter.done():
                 raise self._close_exc()
             if self._fail_handle is not None:
@@ -493,9 +506,18 @@ class ServerConnection(asyncio.Protocol):
 
     async def _iterate(self) -> AsyncIterator[Data]:
         """Yield messages; stop on a normal close, raise ConnectionClosedError otherwise."""
+        messages = self._messages
         try:
             while True:
-                yield await self.recv()
+                if messages and self._recv_waiter is None:
+                    # recv()'s fast path, inlined: a message is waiting.
+                    message = messages.popleft()
+                    self._queued_bytes -= len(message)
+                    if self._queue_full:
+                        self._resume_if_drained()
+                    yield message
+                else:
+                    yield await self.recv()
         except ConnectionClosedOK:
             return
 
@@ -520,27 +542,17 @@ class ServerConnection(asyncio.Protocol):
         if protocol.state is not State.OPEN:
             self._closing_started()
 
-    def _cork(self, size: int) -> None:
-        """A message of ``size`` bytes (payload) was queued in the protocol by send().
+    def _flush_corked(self) -> None:
+        """Write the messages send() held back (corking), once per loop iteration.
 
         DESIGN: "Writes produced in one loop iteration are coalesced into one
-        transport.write / writelines where possible": the first message
-        schedules one flush for the next loop iteration, the others join it;
-        past ``_cork_limit`` bytes everything is written at once (bounded
-        memory, and write_limit's back-pressure still applies).
+        transport.write / writelines where possible": the first message that
+        send() queues in the protocol schedules this call; the next ones join
+        it; past ``_cork_limit`` bytes send() writes everything at once
+        (bounded memory; write_limit's back-pressure still applies).
         """
-        corked = self._corked + size + 2  # + header: never 0, even for an empty message
-        if corked >= self._cork_limit:
-            self._flush()
-            return
-        self._corked = corked
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_corked)
-
-    def _flush_corked(self) -> None:
         self._flush_scheduled = False
-        if self._corked and not self._closed_waiter.done():
+        if self._corked and not self._transport.is_closing():
             self._flush()
 
     def _closing_started(self) -> None:
@@ -607,11 +619,9 @@ class ServerConnection(asyncio.Protocol):
         if self._fragmented is not None:
             await self._wait_fragmented()
         protocol = self._protocol
-        if (protocol is None or protocol.state is not State.OPEN) and isinstance(
-            message, (str, bytes, bytearray, memoryview)
-        ):
-            await self._raise_closed()
         if isinstance(message, str):
+            if protocol is None or protocol.state is not _OPEN:
+                await self._raise_closed()
             assert protocol is not None
             payload = message.encode()
             if text is False:
@@ -620,12 +630,14 @@ class ServerConnection(asyncio.Protocol):
                 protocol.send_text(payload)
             size = len(payload)
         elif isinstance(message, (bytes, bytearray, memoryview)):
+            if protocol is None or protocol.state is not _OPEN:
+                await self._raise_closed()
             assert protocol is not None
             if text:
                 protocol.send_text(bytes(message))
             else:
                 protocol.send_binary(message)
-            size = message.nbytes if isinstance(message, memoryview) else len(message)
+            size = message.nbytes if type(message) is memoryview else len(message)
         elif isinstance(message, Mapping):
             raise TypeError("data is a dict-like object")
         elif isinstance(message, Iterable):
@@ -637,7 +649,15 @@ class ServerConnection(asyncio.Protocol):
         else:
             raise TypeError("data must be str, bytes, iterable, or async iterable")
         _registry_stats.messages_out += 1
-        self._cork(size)
+        # Corking (see _flush_corked): this is the hot path of every send().
+        corked = self._corked + size + 2  # + header: never 0, even for an empty message
+        if corked >= self._cork_limit:
+            self._flush()
+        else:
+            self._corked = corked
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush_corked)
         if self._write_paused:
             await self._drain()
 

@@ -58,6 +58,7 @@ from shardws.protocol.frames import (
     FrameParser,
     parse_close,
     serialize_close,
+    serialize_final_frame,
     serialize_frame,
 )
 from shardws.protocol.utf8 import IncrementalUTF8Decoder
@@ -179,6 +180,7 @@ class Connection:
         "failure",
         "pending_failure",
         "frame_share_key",
+        "_plain",
         "_max_size",
         "_parser",
         "_ext",
@@ -259,6 +261,8 @@ class Connection:
         # for the same message; None means plain (uncompressed, unmasked)
         # frames, shared by every such connection.
         self.frame_share_key: object | None
+        # A server without compression frames a whole message by the fast path.
+        self._plain = side is Side.SERVER and self._ext is None
         if side is Side.CLIENT:
             self.frame_share_key = object()  # a random mask per frame
         elif self._ext is None:
@@ -598,16 +602,25 @@ class Connection:
         Raises :class:`InvalidState` unless OPEN, :class:`LocalProtocolError`
         while a fragmented message is being sent.
         """
-        self._check_open()
+        if self.state is not State.OPEN:
+            self._check_open()
         if self._send_fragmented:
             raise LocalProtocolError("a fragmented message is being sent: use send_continuation()")
-        self._send_data(OP_TEXT, data.encode("utf-8") if isinstance(data, str) else data, fin)
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        if fin and self._plain:
+            self._out.append(serialize_final_frame(OP_TEXT, payload))
+            return
+        self._send_data(OP_TEXT, payload, fin)
 
     def send_binary(self, data: bytes | bytearray | memoryview, fin: bool = True) -> None:
         """Send a binary message, or its first fragment when ``fin`` is False (see :meth:`send_text`)."""
-        self._check_open()
+        if self.state is not State.OPEN:
+            self._check_open()
         if self._send_fragmented:
             raise LocalProtocolError("a fragmented message is being sent: use send_continuation()")
+        if fin and self._plain:
+            self._out.append(serialize_final_frame(OP_BINARY, data))
+            return
         self._send_data(OP_BINARY, data, fin)
 
     def send_continuation(self, data: bytes, fin: bool) -> None:
@@ -680,6 +693,8 @@ class Connection:
         if opcode != OP_TEXT and opcode != OP_BINARY:
             raise LocalProtocolError(f"not a data opcode: {opcode:#x}")
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        if self._plain:
+            return serialize_final_frame(opcode, data)
         if self._ext is None:
             return self._frame(opcode, data)
         return self._frame(opcode, self._ext.compress(data, True), True, True)

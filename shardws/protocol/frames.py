@@ -26,6 +26,7 @@ __all__ = [
     "Frame",
     "FrameParser",
     "serialize_frame",
+    "serialize_final_frame",
     "check_close_code",
     "parse_close",
     "serialize_close",
@@ -141,6 +142,26 @@ def serialize_close(code: int, reason: str) -> bytes:
 
 
 # ------------------------------------------------------------- serializer
+
+# The 2-byte header of every unmasked final frame under 126 bytes, by opcode
+# then payload length: the common case of a server's message costs one
+# lookup and one concatenation.
+_FINAL_HEADERS = tuple(tuple(bytes((0x80 | op, n)) for n in range(126)) for op in range(16))
+
+
+def serialize_final_frame(opcode: int, payload: bytes | bytearray | memoryview) -> bytes:
+    """``serialize_frame(opcode, payload)``: an unmasked frame with FIN set and RSV1 clear.
+
+    The fast path of a server sending a whole uncompressed message; the
+    bytes are exactly those of :func:`serialize_frame`.
+    """
+    n = len(payload)
+    # Section 5.2: "the minimal number of bytes MUST be used to encode the length".
+    if n < 126:
+        return _FINAL_HEADERS[opcode][n] + payload
+    if n < 65536:
+        return _pack_u16(0x80 | opcode, 126, n) + payload
+    return _pack_u64(0x80 | opcode, 127, n) + payload
 
 
 def serialize_frame(

@@ -1,0 +1,152 @@
+"""Corking: the messages send() queues in one loop iteration go out in one
+write, in order with pongs, close frames and broadcasts; memory stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import shardws
+from shardws.asyncio.connection import CORK_LIMIT
+from shardws.protocol.connection import Ping, Pong
+from shardws.protocol.frames import Close
+
+from .conftest import Accepted, StartServer, port_of, wait_until
+from .rawclient import RawClient
+
+
+class WriteSpy:
+    """Counts the write / writelines calls on a connection's transport and their bytes
+    (default loop only: uvloop's transport methods are read-only)."""
+
+    def __init__(self, connection: shardws.ServerConnection) -> None:
+        self.calls: list[bytes] = []
+        transport = connection._transport
+        write, writelines = transport.write, transport.writelines
+
+        inside = [False]  # asyncio's writelines calls write: count it once
+
+        def spy_write(data: bytes) -> None:
+            if not inside[0]:
+                self.calls.append(bytes(data))
+            write(data)
+
+        def spy_writelines(chunks: Any) -> None:
+            chunks = list(chunks)
+            self.calls.append(b"".join(chunks))
+            inside[0] = True
+            try:
+                writelines(chunks)
+            finally:
+                inside[0] = False
+
+        transport.write = spy_write  # type: ignore[method-assign]
+        transport.writelines = spy_writelines  # type: ignore[method-assign]
+
+
+async def open_one(start_server: StartServer, **options: Any) -> tuple[RawClient, shardws.ServerConnection]:
+    acc = Accepted()
+    server = await start_server(acc.handler, compression=None, **options)
+    client = await RawClient.connect(port_of(server))
+    return client, await acc.next()
+
+
+async def events(client: RawClient, count: int) -> list[Any]:
+    return [await client.next_event() for _ in range(count)]
+
+
+# (messages sent in one loop iteration, what the client receives)
+BATCHES = [
+    (["a", b"b", "", b"", bytearray(b"c"), memoryview(b"dd")], ["a", b"b", "", b"", b"c", b"dd"]),
+    ([""], [""]),  # an empty message is flushed too
+    ([b"x" * 1000] * 20, [b"x" * 1000] * 20),
+]
+
+
+@pytest.mark.parametrize(("messages", "expected"), BATCHES)
+async def test_one_write_per_loop_iteration(
+    start_server: StartServer, messages: list[Any], expected: list[Any]
+) -> None:
+    client, connection = await open_one(start_server)
+    spy = WriteSpy(connection)
+    for message in messages:
+        await connection.send(message)
+    assert spy.calls == []  # held back until the loop turns
+    assert await events(client, len(expected)) == expected
+    assert len(spy.calls) == 1
+    await client.aclose()
+
+
+async def test_past_the_cork_limit_writes_at_once(start_server: StartServer) -> None:
+    """A handler that sends without ever yielding holds at most CORK_LIMIT bytes back."""
+    client, connection = await open_one(start_server, write_limit=2**22)
+    spy = WriteSpy(connection)
+    chunk = b"y" * 4096
+    count = 3 * CORK_LIMIT // len(chunk)
+    for _ in range(count):
+        await connection.send(chunk)
+        assert connection._corked < CORK_LIMIT
+    assert len(spy.calls) >= 2  # written before the loop turned
+    assert await events(client, count) == [chunk] * count
+    await client.aclose()
+
+
+async def test_cork_limit_is_at_most_write_limit(start_server: StartServer) -> None:
+    client, connection = await open_one(start_server, write_limit=1000)
+    spy = WriteSpy(connection)
+    await connection.send(b"z" * 1200)
+    assert len(spy.calls) == 1  # over write_limit: not held back
+    assert await events(client, 1) == [b"z" * 1200]
+    await client.aclose()
+
+
+# (what follows the corked messages, what the client sees after them)
+AFTER = ["ping", "pong", "close", "broadcast"]
+
+
+@pytest.mark.both_loops
+@pytest.mark.parametrize("after", AFTER)
+async def test_order_is_kept_with_control_frames_and_broadcast(
+    start_server: StartServer, after: str
+) -> None:
+    client, connection = await open_one(start_server)
+    await connection.send("first")
+    await connection.send(b"second")
+    if after == "ping":
+        await connection.ping(b"p")
+        expected: list[Any] = ["first", b"second", Ping(b"p")]
+    elif after == "pong":
+        await connection.pong(b"q")
+        expected = ["first", b"second", Pong(b"q")]
+    elif after == "close":
+        closing = asyncio.ensure_future(connection.close(1000, "bye"))
+        expected = ["first", b"second", Close(1000, "bye")]
+    else:
+        shardws.broadcast([connection], "third")
+        expected = ["first", b"second", "third"]
+    assert await events(client, len(expected)) == expected
+    if after == "close":  # the client answered the close frame as it read it
+        await asyncio.wait_for(closing, 5)
+    await client.aclose()
+
+
+async def test_a_ping_answer_follows_the_messages_before_it(start_server: StartServer) -> None:
+    """The pong the protocol queues on a read goes after the messages held back."""
+    client, connection = await open_one(start_server)
+    await connection.send("before")
+    client.ping(b"answer me")
+    assert await events(client, 2) == ["before", Pong(b"answer me")]
+    await client.aclose()
+
+
+async def test_nothing_is_written_once_the_transport_is_closing(start_server: StartServer) -> None:
+    client, connection = await open_one(start_server)
+    spy = WriteSpy(connection)
+    await connection.send("never flushed")
+    connection._transport.abort()
+    await connection.wait_closed()
+    await wait_until(lambda: not connection._flush_scheduled)
+    assert spy.calls == []
+    await client.aclose()
