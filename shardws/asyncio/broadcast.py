@@ -25,7 +25,7 @@ from typing import Any
 
 from ..exceptions import ConcurrencyError
 from ..protocol.connection import State
-from ..protocol.frames import OP_BINARY, OP_TEXT, serialize_frame
+from ..protocol.frames import OP_BINARY, OP_TEXT, serialize_final_frame
 from . import registry
 from .connection import ServerConnection
 
@@ -92,13 +92,14 @@ def broadcast(
         raise TypeError("data must be str or bytes-like")
 
     stats = broadcast_stats
-    plain: bytes | None = None  # the one uncompressed frame
+    plain = serialize_final_frame(opcode, payload)  # the one uncompressed frame
+    OPEN = State.OPEN
     shared: dict[Any, bytes] = {}  # frame_share_key -> compressed frame
     exceptions: list[Exception] = []
     sent = 0
     for connection in connections:
         protocol = connection._protocol
-        if protocol is None or protocol.state is not State.OPEN:
+        if protocol is None or protocol.state is not OPEN:
             stats.skipped_closed += 1
             continue
         if connection._fragmented is not None:
@@ -112,7 +113,7 @@ def broadcast(
         # DESIGN: "a slow client must cost bounded memory; check
         # transport.get_write_buffer_size() before writing."
         if connection._write_paused or (
-            transport.get_write_buffer_size() > connection._options.write_limits[0]
+            transport.get_write_buffer_size() > connection._write_limit
         ):
             stats.skipped_slow += 1
             if connection._debug:
@@ -123,8 +124,6 @@ def broadcast(
         try:
             key = protocol.frame_share_key
             if key is None:
-                if plain is None:
-                    plain = serialize_frame(opcode, payload)
                 frame = plain
             elif type(key) is object:
                 # A compressor with context takeover: its frame is its own.

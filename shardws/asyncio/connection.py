@@ -131,6 +131,7 @@ class ServerConnection(asyncio.Protocol):
         "_drain_waiter",
         "_corked",
         "_cork_limit",
+        "_write_limit",
         "_flush_scheduled",
         "_fragmented",
         "_pending_pings",
@@ -176,6 +177,7 @@ class ServerConnection(asyncio.Protocol):
         # write, flushed once per loop iteration or past _cork_limit
         self._corked = 0
         self._cork_limit = CORK_LIMIT
+        self._write_limit = options.write_limits[0]
         self._flush_scheduled = False
         # sending a fragmented message: other senders wait on this future
         self._fragmented: asyncio.Future[None] | None = None
