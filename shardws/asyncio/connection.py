@@ -3,9 +3,14 @@
 The transport calls :meth:`ServerConnection.data_received`; the bytes go to
 the sans-I/O :class:`shardws.protocol.connection.Connection` (after the
 opening handshake) or to the HTTP :class:`RequestParser` (before it). What
-the protocol produces is written back at once, one ``write``/``writelines``
-per batch of events. There is one task per connection: it runs the opening
-handshake and then the user's handler; reading needs no task.
+the protocol produces in answer to a read (pongs, close frames) is written
+back at once, one ``write``/``writelines`` per read. Messages from ``send()``
+are corked: those queued in one loop iteration go out in one write (a
+``call_soon`` flush, or at once past 64 KiB or ``write_limit``); every write
+takes the protocol's queue in order, so a message never passes a control
+frame or a broadcast queued after it. There is one task per connection: it
+runs the opening handshake and then the user's handler; reading needs no
+task.
 
 Flow control (all bounded):
 
