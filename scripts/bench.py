@@ -31,6 +31,7 @@ import re
 import select
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,16 +199,21 @@ class ServerProcess:
 
     def __init__(self, name: str, cpu: int) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        # stderr goes to a file (shown if the server does not start): picows
+        # prints a line per write to a connection the load generator closed.
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVERS[name], str(cpu)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env, cwd="/",
         )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 30.0)
         line = self.proc.stdout.readline() if ready else b""
         if not line.strip().isdigit():
+            self.stderr.seek(0)
+            tail = self.stderr.read()[-2000:].decode(errors="replace")
             self.stop()
-            raise RuntimeError(f"{name} server did not start")
+            raise RuntimeError(f"{name} server did not start:\n{tail}")
         self.port = int(line)
 
     def stop(self) -> None:
@@ -218,6 +224,7 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.stderr.close()
 
 
 # ------------------------------------------------------ the load generator
@@ -430,7 +437,8 @@ def table(results: list[Result], args: argparse.Namespace, cpus: tuple[int, int]
         f"Python {sys.version.split()[0]}, uvloop, server pinned to CPU {cpus[0]}, load generator "
         f"to CPU {cpus[1]}; echo: {args.clients} connections, {args.seconds:g} s per point; "
         f"broadcast: {BROADCAST_CONNECTIONS} connections x {args.rounds} rounds of 32 B; "
-        f"best of {args.repeat}.",
+        f"best of {args.repeat}; load average before the run {args.load[0]:.2f}, "
+        f"after {args.load[1]:.2f} ({os.cpu_count()} CPUs).",
         "",
         "| server | echo 32 B (msg/s) | echo 4 KiB (msg/s) | broadcast (deliveries/s) "
         "| shardws / it (32 B, 4 KiB, broadcast) |",
@@ -466,12 +474,14 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, {load_cpu})
     import uvloop
 
+    load_before = os.getloadavg()[0]
     results = []
     for name in args.servers.split(","):
         result = uvloop.run(measure(name, server_cpu, args))
         print(f"{name:10s} echo32 {result.echo32:12,.0f}/s  echo4k {result.echo4k:12,.0f}/s  "
               f"broadcast {result.broadcast:12,.0f}/s", flush=True)
         results.append(result)
+    args.load = (load_before, os.getloadavg()[0])
     text = table(results, args, (server_cpu, load_cpu))
     print()
     print(text)
