@@ -192,12 +192,14 @@ class RingWriter:
         "_cap",
         "_head",
         "_seq",
+        "_seq0",
         "_tail",
         "_reserved",
+        "_limit",
+        "_base",
         "_max_record",
         "_chunk",
         "_heads",
-        "records",
     )
 
     def __init__(self, region: memoryview, *, pid: int = 0) -> None:
@@ -213,11 +215,25 @@ class RingWriter:
         # moves back, so readers keep distrusting what the dead writer touched.
         self._head: int = committed
         self._seq: int = next_seq
+        self._seq0: int = next_seq
         self._tail: int = tail
         self._reserved: int = reserved
-        #: records written by this writer (pads excluded)
-        self.records = 0
+        self._set_limit()
         _U64.pack_into(region, _OFF_PID, pid)
+
+    def _set_limit(self) -> None:
+        # The fast path of write() needs one comparison: a record ending at or
+        # before _limit is inside the reservation and does not cross the end
+        # of the data area. _base turns a position into a buffer offset there.
+        head = self._head
+        lap_start = head - head % self._cap
+        self._limit = min(self._reserved, lap_start + self._cap)
+        self._base = lap_start - RING_HEADER
+
+    @property
+    def records(self) -> int:
+        """Records written by this writer (pads excluded)."""
+        return self._seq - self._seq0
 
     @property
     def capacity(self) -> int:
@@ -257,7 +273,35 @@ class RingWriter:
             self._reserved = end
         _PAIR.pack_into(self._buf, _OFF_TAIL, tail, self._reserved)
 
-    def write(self, kind: int, opcode: int, topic: bytes, payload: bytes | bytearray | memoryview) -> int:
+    def _make_room(self, kind: int, topic: bytes, plen: int, size: int) -> None:
+        # Slow path of write(): checks, padding to the end of the data area,
+        # reservation; leaves _head where the record goes and _limit past it.
+        tlen = len(topic)
+        if tlen > MAX_TOPIC:
+            raise ValueError(f"topic longer than {MAX_TOPIC} bytes")
+        if size > self._max_record:
+            raise MessageTooLarge(plen, max_payload(self._cap, topic))
+        if kind not in _KINDS:
+            raise ValueError(f"unknown record kind: {kind}")
+        head = self._head
+        off = head % self._cap
+        if off + size > self._cap:
+            pad = self._cap - off
+            self._reserve(head + pad + size)
+            _PAD.pack_into(self._buf, RING_HEADER + off, pad, KIND_PAD)
+            self._head = head + pad
+        elif head + size > self._reserved:
+            self._reserve(head + size)
+        self._set_limit()
+
+    def write(
+        self,
+        kind: int,
+        opcode: int,
+        topic: bytes,
+        payload: bytes | bytearray | memoryview,
+        _commit: Callable[..., None] = _PAIR.pack_into,
+    ) -> int:
         """Append one record and commit it; return its sequence number.
 
         Never blocks and never waits for readers: a reader more than a ring
@@ -267,44 +311,29 @@ class RingWriter:
         ring (see :func:`max_payload`), ``ValueError`` for a topic longer
         than 65535 bytes or an unknown kind.
         """
+        # Runs once per message: literals instead of the module constants
+        # (24 = RECORD_HEADER, 32 = _OFF_NEXT_SEQ, 65535 = MAX_TOPIC, kinds 1..3).
         tlen = len(topic)
         plen = len(payload)
-        size = (RECORD_HEADER + 7 + tlen + plen) & ~7
-        head = self._head
-        end = head + size
-        off = head % self._cap
-        if end > self._reserved or off + size > self._cap or not 0 < kind < 4 or tlen > MAX_TOPIC:
-            # Slow path: checks, padding to the end of the data area, reservation.
-            if tlen > MAX_TOPIC:
-                raise ValueError(f"topic longer than {MAX_TOPIC} bytes")
-            if size > self._max_record:
-                raise MessageTooLarge(plen, max_payload(self._cap, topic))
-            if kind not in _KINDS:
-                raise ValueError(f"unknown record kind: {kind}")
-            if off + size > self._cap:
-                pad = self._cap - off
-                self._reserve(head + pad + size)
-                _PAD.pack_into(self._buf, RING_HEADER + off, pad, KIND_PAD)
-                head += pad
-                end = head + size
-                off = 0
-            else:
-                self._reserve(end)
+        size = (31 + tlen + plen) & -8
+        end = self._head + size
+        if end > self._limit or not 0 < kind < 4 or tlen > 65535:
+            self._make_room(kind, topic, plen, size)
+            end = self._head + size
         buf = self._buf
         seq = self._seq
-        start = RING_HEADER + off
+        start = self._head - self._base
         # The record header and the topic in one pack (a Struct per topic length).
         pack_head = self._heads.get(tlen)
         if pack_head is None:
             pack_head = self._heads[tlen] = struct.Struct(f"{_RECORD.format}{tlen}s").pack_into
         pack_head(buf, start, size, kind, opcode, tlen, seq, plen, topic)
-        start += RECORD_HEADER + tlen
+        start += 24 + tlen
         buf[start : start + plen] = payload
         self._head = end
         self._seq = seq + 1
-        self.records += 1
         # next_seq then committed: the commit is the last (8-byte) store.
-        _PAIR.pack_into(buf, _OFF_NEXT_SEQ, seq + 1, end)
+        _commit(buf, 32, seq + 1, end)
         return seq
 
     def _write_torn(self, kind: int, opcode: int, topic: bytes, payload: bytes) -> None:
@@ -424,55 +453,60 @@ class RingReader:
             return self._parse(chunk, span, off, end == committed or end == pos + cap - off, handle, limit)
         return 0
 
-    def _parse(self, chunk: bytes, span: int, off: int, exact: bool, handle: Handler, limit: int) -> int:
+    def _parse(
+        self,
+        chunk: bytes,
+        span: int,
+        off: int,
+        exact: bool,
+        handle: Handler,
+        limit: int,
+        _unpack: Callable[[bytes, int], tuple[int, ...]] = _RECORD.unpack_from,
+    ) -> int:
         # Parse the private copy of [pos, pos + span). `exact`: span ends on a
         # record boundary (committed or the end of the data area), so a record
         # crossing it is corrupt rather than cut by the copy limit.
-        cap = self._cap
-        unpack_record = _RECORD.unpack_from
         expected = self._expected
-        soft = self._soft
+        soft = self._soft  # until the first record: a sequence number may go back
         dropped = 0
         n = 0
         o = 0
         corrupt = False
-        # Literals in the loop (it runs once per message): 0 is KIND_PAD,
-        # 24 is RECORD_HEADER, kinds 1..3 are the valid ones.
+        # The loop runs once per message: one test covers the usual record
+        # (next sequence number, lengths inside it, inside the copy, a data
+        # kind); pads, gaps and damage take the branch. Literals: 24 is
+        # RECORD_HEADER, 0 KIND_PAD, kinds 1..3 the data kinds.
         try:
             while o < span and n < limit:
-                size, kind, opcode, tlen, seq, plen = unpack_record(chunk, o)
+                size, kind, opcode, tlen, seq, plen = _unpack(chunk, o)
                 end = o + size
-                if end > span or size < 8 or size & 7:
-                    corrupt = exact or o == 0 or size < 8 or size & 7
-                    break
-                if kind == 0:
-                    if off + end != cap:
+                t = o + 24 + tlen  # where the payload starts
+                if seq != expected or t + plen > end or end > span or size & 7 or not 0 < kind < 4:
+                    if end > span or size < 8 or size & 7:
+                        corrupt = exact or o == 0 or size < 8 or bool(size & 7)
+                        break
+                    if kind == 0:
+                        if off + end != self._cap:
+                            corrupt = True
+                            break
+                        o = end
+                        continue
+                    if t + plen > end or kind > 3:
                         corrupt = True
                         break
-                    o = end
-                    continue
-                start = o + 24
-                if start + tlen + plen > end or kind > 3:
-                    corrupt = True
-                    break
-                if seq != expected:
                     if seq > expected:
                         dropped += seq - expected
-                    elif not soft:
+                    elif seq < expected and not (soft and n == 0):
                         corrupt = True  # a sequence number going back
                         break
                 expected = seq + 1
-                soft = False
                 n += 1
                 o = end  # read before handled: at most once
-                if tlen:
-                    handle(kind, opcode, chunk[start : start + tlen], chunk[start + tlen : start + tlen + plen])
-                else:
-                    handle(kind, opcode, b"", chunk[start : start + plen])
+                handle(kind, opcode, chunk[t - tlen : t], chunk[t : t + plen])
         finally:
             self._pos += o
             self._expected = expected
-            self._soft = soft
+            self._soft = soft and n == 0
             self.dropped += dropped
             self.received += n
         if corrupt:
