@@ -635,7 +635,9 @@ def main(argv: list[str] | None = None) -> int:
             bus_lat = bus_latency(size, latency_count, rate)
             pipe = pipe_throughput(size, counts[size] // 2)
             pipe_lat = pipe_latency(size, latency_count, rate)
-            row = {"size": size, "bus": bus, "bus_latency": bus_lat, "pipe": pipe, "pipe_latency": pipe_lat}
+            row = {"size": size, "bus": bus, "bus_latency": bus_lat, "pipe": pipe, "pipe_latency": pipe_lat,
+                   # other jobs on the box show in p99 (and in the rates): note the load of each row
+                   "load": os.getloadavg()[0]}
             if redis_server is not None:
                 row["redis"] = redis_throughput(redis_server.port, size, redis_counts[size])
                 row["redis_latency"] = redis_latency(redis_server.port, size, latency_count, rate)
@@ -656,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"worker to worker, writer on CPU {WRITER_CPU}, reader on CPU {READER_CPU} "
           f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}); latency at {rate:.0f} messages/s"
           f"{' (SCHED_FIFO)' if REALTIME else ''}")
-    print(f"{'size':>6} {'transport':<22} {'messages/s':>12} {'dropped':>8} {'p50 us':>8} {'p99 us':>8}")
+    print(f"{'size':>6} {'transport':<22} {'delivered/s':>12} {'dropped':>8} {'p50 us':>8} {'p99 us':>8}")
     for row in results["rows"]:
         for name, key in (("shardws bus", "bus"), ("redis pub/sub", "redis"), ("multiprocessing pipe", "pipe")):
             if key not in row:
@@ -665,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['size']:>6} {name:<22} {row[key]['rate']:>12,.0f} {row[key]['dropped']:>8} "
                   f"{p50:>8.1f} {p99:>8.1f}")
         bus = row["bus"]
+        print(f"{'':>6} load average after this size: {row['load']:.2f}")
         print(f"{'':>6} bus CPU per message: writer {bus['writer_cpu_us']:.2f} us, reader "
               f"{bus['reader_cpu_us']:.2f} us; writer sent {bus['send_rate']:,.0f}/s")
         if "redis" in row:
