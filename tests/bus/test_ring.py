@@ -189,3 +189,30 @@ def test_bad_capacity_is_refused(capacity: int) -> None:
 def test_region_without_a_ring_is_refused() -> None:
     with pytest.raises(ValueError, match="magic"):
         RingReader(memoryview(bytearray(region_size(CAPACITY))))
+
+
+# A reader may read next_seq one ahead of committed (the writer stores it
+# first): until its first record, a sequence number below the expected one is
+# the record it missed the commit of, not damage. After that record, one
+# going back is damage, also within the same drain.
+# (patch the second record's seq to the first one's, payloads read, resyncs)
+SOFT_START_CASES = [
+    (False, [b"0", b"1", b"2"], 0),
+    (True, [b"0"], 1),
+]
+
+
+@pytest.mark.parametrize(("repeat_seq", "expected", "resyncs"), SOFT_START_CASES)
+def test_sequence_number_may_go_back_only_before_the_first_record(
+    region: memoryview, repeat_seq: bool, expected: list[bytes], resyncs: int
+) -> None:
+    writer, reader = RingWriter(region), RingReader(region)
+    reader._expected += 1  # next_seq was read while a record was not committed yet
+    first = writer.committed
+    for i in range(3):
+        writer.write(KIND_PUBLISH, OPCODE_TEXT, b"t", b"%d" % i)
+    if repeat_seq:
+        second = RING_HEADER + first % CAPACITY + (RECORD_HEADER + 1 + 1 + 7) // 8 * 8
+        region[second + 8 : second + 16] = struct.pack("<Q", 0)
+    assert payloads(drain_all(reader)) == expected
+    assert (reader.dropped, reader.resyncs) == (0, resyncs)
