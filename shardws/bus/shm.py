@@ -311,14 +311,13 @@ class ShmBus(Bus):
     def _handle(self, kind: int, opcode: int, topic_bytes: bytes, payload: bytes) -> None:
         # One record from another worker (1 = text opcode; kinds: 2 publish, 1 broadcast).
         try:
-            message: str | bytes = payload.decode() if opcode == 1 else payload
             if kind == 2:
                 topic = self._topics_in.get(topic_bytes)
                 if topic is None:
                     topic = self._new_topic(topic_bytes)
-                self._deliver(topic, message)
+                self._deliver(topic, payload.decode() if opcode == 1 else payload)
             elif kind == 1:
-                self._deliver(None, message)
+                self._deliver(None, payload.decode() if opcode == 1 else payload)
         except Exception:
             logger.exception("bus delivery failed")
 
