@@ -184,7 +184,9 @@ async def test_sighup_rolling_restart_under_connect_loop(supervised):
                 counts[type(exc).__name__] += 1
 
     loops = [asyncio.create_task(connect_loop()) for _ in range(4)]
-    await asyncio.sleep(0.2)  # let the loop run before the restart
+    async with asyncio.timeout(15):  # the connect loop is running before the restart
+        while counts["ok"] < 8:
+            await asyncio.sleep(0.01)  # polling with a deadline
     server.signal(signal.SIGHUP)
     status = await asyncio.to_thread(
         server.wait_for,
