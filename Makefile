@@ -6,7 +6,7 @@ SHARED    ?= $(abspath ../shared)
 ABV       ?= /tmp/abv
 STAMP     := $(VENV)/.installed-dev
 
-.PHONY: all install test lint typecheck pytest autobahn-quick conformance run bench bench-protocol bench-bus loadtest clean
+.PHONY: all install test lint typecheck pytest autobahn-quick conformance run bench bench-protocol bench-bus clean
 
 all: test
 
