@@ -47,6 +47,8 @@ __all__ = [
 logger = logging.getLogger("shardws.bus")
 
 _TOPIC_CACHE = 4096
+#: Slot states that host a process, or will once the supervisor has forked it.
+_LIVE = frozenset({WorkerState.BOOTING, WorkerState.READY, WorkerState.DRAINING})
 
 
 def ring_capacity(bus_size: int) -> int:
@@ -150,6 +152,7 @@ class ShmBus(Bus):
         self._table = table
         self._dropped_reported = 0
         self._refreshed = -1.0
+        self._epoch = -1
         self._refresh_slots()
         self._efd = eventfds[worker_id]
         self._batch_limit = batch
@@ -211,23 +214,33 @@ class ShmBus(Bus):
             self._schedule_flush()
 
     def _refresh_slots(self) -> None:
-        # With a worker table, wake only the slots hosting a process and read
-        # only the rings of slots that ever had one (a table has many spare
-        # slots). Refreshed at most every 50 ms, so a new worker is woken
-        # within 50 ms of its start; it drains everything when it starts.
+        # With a worker table, wake only the slots that host a process (or are
+        # claimed for one) and read only the rings of slots that ever had one
+        # (a table has many spare slots). The view is a cache that must never
+        # miss a reader or a writer: a slot is claimed (state BOOTING, the
+        # generation bumped, then the table's epoch) before its process is
+        # forked, so a new worker exists only after the epoch changed, and the
+        # view is rescanned on every flush and drain that finds a new epoch.
+        # A cached slot whose process exited only costs a spurious wake-up; the
+        # periodic rescan (every 50 ms) drops it. (A rescan by time alone let a
+        # worker that scanned just before another's claim publish for up to
+        # 50 ms without waking it, or drain without reading its ring: the
+        # messages then waited for the next publish, forever if none came.)
         table = self._table
         if table is None:
             return
+        epoch = table.epoch  # loaded before the slots (see WorkerTable)
         now = time.monotonic()
-        if now - self._refreshed < 0.05:
+        if epoch == self._epoch and now - self._refreshed < 0.05:
             return
+        self._epoch = epoch
         self._refreshed = now
         live = set()
         used = set()
         for slot in table:
             if slot.generation:
                 used.add(slot.index)
-                if slot.pid and slot.state not in (WorkerState.EMPTY, WorkerState.EXITED):
+                if slot.state in _LIVE:  # from claim() on: the pid may not be written yet
                     live.add(slot.index)
         self._wake_fds = [fd for i, fd in self._all_fds if i in live]
         self._readers = [reader for i, reader in self._all_readers if i in used]

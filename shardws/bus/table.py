@@ -16,7 +16,7 @@ Layout (little endian, every field 8 bytes and 8-byte aligned)::
      16  max_workers   q
      24  slot_size     q    SLOT_SIZE
      32  supervisor    q    pid of the supervisor
-     40  (reserved)
+     40  epoch         q    +1 each time a slot is claimed (after its fields)
     slot i at 64 + i * SLOT_SIZE (128 bytes)
       0  pid           q    0: slot free
       8  generation    q    incarnation of this slot: +1 for each process it hosts
@@ -38,6 +38,12 @@ Concurrency: each slot has one writer at a time (the supervisor while the
 slot is free or booting, then its worker). Every field is one aligned
 8-byte store, so a reader sees either the old or the new value of a field;
 a snapshot of several fields is not atomic (they are statistics).
+
+The ``epoch`` lets a reader cache which slots host (or are about to host) a
+process: :meth:`Slot.claim`, which only the supervisor calls, stores the
+slot's fields and then the new epoch (x86-64 stores become visible in
+program order), so a reader that loads the epoch *before* scanning the slots
+and finds it unchanged later knows that no slot was claimed since its scan.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ HEADER_SIZE = 64
 SLOT_SIZE = 128
 
 _HEADER = struct.Struct("<8sqqqq")
+_EPOCH = struct.Struct("<q")
+_OFF_EPOCH = 40
 
 T = TypeVar("T", int, float)
 
@@ -112,10 +120,11 @@ class Slot:
         "messages_in", "messages_out", "bus_drops", "ready_at",
     )
 
-    def __init__(self, buffer: Any, offset: int, index: int) -> None:
+    def __init__(self, buffer: Any, offset: int, index: int, header: int | None = None) -> None:
         self.buffer = buffer
         self.offset = offset
         self.index = index
+        self._header = header  # offset of the table header (its epoch), if any
 
     @property
     def state(self) -> WorkerState:
@@ -130,7 +139,11 @@ class Slot:
         self._state = int(value)
 
     def claim(self, pid: int, now: float) -> None:
-        """Give the slot to a new process: bump the generation, zero the counters."""
+        """Give the slot to a new process: bump the generation, zero the counters.
+
+        The state becomes BOOTING before the process exists (the bus wakes the
+        slot from now on); the table's epoch is bumped last.
+        """
         self.pid = pid
         self.generation = self.generation + 1
         self.started_at = now
@@ -141,6 +154,10 @@ class Slot:
         self.messages_out = 0
         self.bus_drops = 0
         self.state = WorkerState.BOOTING
+        if self._header is not None:
+            # Last store: whoever sees the new epoch sees the fields above.
+            offset = self._header + _OFF_EPOCH
+            _EPOCH.pack_into(self.buffer, offset, _EPOCH.unpack_from(self.buffer, offset)[0] + 1)
 
     def snapshot(self) -> dict[str, Any]:
         """Every field as a plain dict (``state`` by name), plus ``id``."""
@@ -163,7 +180,7 @@ class WorkerTable:
         self.offset = offset
         self.max_workers = max_workers
         self._slots = [
-            Slot(buffer, offset + HEADER_SIZE + i * SLOT_SIZE, i) for i in range(max_workers)
+            Slot(buffer, offset + HEADER_SIZE + i * SLOT_SIZE, i, offset) for i in range(max_workers)
         ]
 
     @staticmethod
@@ -206,6 +223,16 @@ class WorkerTable:
     @property
     def supervisor_pid(self) -> int:
         value: int = _HEADER.unpack_from(self.buffer, self.offset)[4]
+        return value
+
+    @property
+    def epoch(self) -> int:
+        """How many slots were claimed (:meth:`Slot.claim`) since the table was created.
+
+        Load it before reading the slots: an unchanged value later means no
+        slot was claimed since (see the module docstring).
+        """
+        value: int = _EPOCH.unpack_from(self.buffer, self.offset + _OFF_EPOCH)[0]
         return value
 
     def slot(self, index: int) -> Slot:
