@@ -97,6 +97,13 @@ def _octets(view: memoryview) -> memoryview:
     return view.cast("B")
 
 
+def _flat(obj: object, func: str, arg: str) -> BytesLike:
+    """``obj`` itself when it is bytes or bytearray, else a flat view of its bytes."""
+    if type(obj) in _FAST_TYPES:
+        return obj  # type: ignore[return-value]
+    return _octets(_view(obj, func, arg))
+
+
 def _mask(obj: object, func: str) -> bytes:
     if type(obj) is bytes:
         mask = obj
@@ -147,11 +154,7 @@ def py_apply_mask(data: BytesLike, mask: BytesLike, /) -> bytes:
     Raises ``ValueError`` unless ``mask`` has 4 bytes (see the module
     docstring for the other argument errors).
     """
-    if type(data) in _FAST_TYPES:
-        flat: BytesLike = data
-    else:
-        flat = _octets(_view(data, "apply_mask", "data"))
-    return _xor(flat, _mask(mask, "apply_mask"))
+    return _xor(_flat(data, "apply_mask", "data"), _mask(mask, "apply_mask"))
 
 
 def py_unmask_inplace(
@@ -180,11 +183,7 @@ def py_parse_header(buf: BytesLike, offset: SupportsIndex, /) -> Header | None:
     bit of a 64-bit length): that is the frame parser's job. Raises
     ``ValueError`` for an offset outside ``[0, len(buf)]``.
     """
-    data: BytesLike
-    if type(buf) in _FAST_TYPES:
-        data = buf
-    else:
-        data = _octets(_view(buf, "parse_header", "buf"))
+    data = _flat(buf, "parse_header", "buf")
     start = _offset(offset, len(data))
     avail = len(data) - start
     if avail < 2:
@@ -263,11 +262,7 @@ def py_scan_frames(
     ``ValueError`` for an offset outside ``[0, len(buf)]``, ``TypeError``
     when ``max_size`` is neither ``None`` nor an integer.
     """
-    data: BytesLike
-    if type(buf) in _FAST_TYPES:
-        data = buf
-    else:
-        data = _octets(_view(buf, "scan_frames", "buf"))
+    data = _flat(buf, "scan_frames", "buf")
     pos = _offset(offset, len(data))
     mask_bit = 0x80 if require_mask else 0
     limit = None if max_size is None else operator.index(max_size)
