@@ -233,7 +233,7 @@ class Server:
 
 
 def _limits(value: int | tuple[int, int | None]) -> tuple[int, int]:
-    """write_limit as (high, low): low defaults to a quarter of high."""
+    """write_limit or max_queue as (high, low): low defaults to a quarter of high."""
     if isinstance(value, tuple):
         high, low = value
         return high, (high // 4 if low is None else low)
@@ -328,14 +328,12 @@ class serve:
             raise ValueError(f"unsupported compression: {compression}")
         if server_header is _UNSET:
             server_header = default_server_header()
+        queue_high: float
+        queue_low: float
         if max_queue is None:
-            queue_high: float = float("inf")
-            queue_low: float = float("inf")
-        elif isinstance(max_queue, tuple):
-            queue_high, low = max_queue
-            queue_low = queue_high // 4 if low is None else low
+            queue_high = queue_low = float("inf")
         else:
-            queue_high, queue_low = max_queue, max_queue // 4
+            queue_high, queue_low = _limits(max_queue)
         if subprotocols is not None:
             subprotocols = list(subprotocols)
         if origins is not None:

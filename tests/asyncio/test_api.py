@@ -89,6 +89,31 @@ def test_serve_defaults_follow_the_spec_and_config() -> None:
     assert list(inspect.signature(shardws.unix_serve).parameters)[:2] == ["handler", "path"]
 
 
+INF = float("inf")
+
+# (serve() options, the resolved (max_queue high, low), (write_limit high, low))
+LIMIT_CASES = [
+    ({"max_queue": 16, "write_limit": 2**15}, (16, 4), (2**15, 2**13)),
+    ({"max_queue": (16, None), "write_limit": (2**15, None)}, (16, 4), (2**15, 2**13)),
+    ({"max_queue": (16, 10), "write_limit": (2**15, 100)}, (16, 10), (2**15, 100)),
+    ({"max_queue": None, "write_limit": 2**15}, (INF, INF), (2**15, 2**13)),
+]
+
+
+@pytest.mark.parametrize(("options", "queue", "write"), LIMIT_CASES)
+def test_limits_resolve_to_high_and_low_marks(
+    options: dict[str, Any], queue: tuple[float, float], write: tuple[int, int]
+) -> None:
+    resolved = shardws.serve(echo_handler, **options)._options
+    assert (resolved.max_queue_high, resolved.max_queue_low) == queue
+    assert resolved.write_limits == write
+
+
+async def echo_handler(connection: shardws.ServerConnection) -> None:
+    async for message in connection:
+        await connection.send(message)
+
+
 # ------------------------------------------------------------ properties
 
 
