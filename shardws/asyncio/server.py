@@ -338,7 +338,6 @@ class serve:
             subprotocols = list(subprotocols)
         if origins is not None:
             origins = list(origins)
-        self.handler = handler
         self._options = _Options(
             handler=handler,
             logger=logger,
