@@ -988,7 +988,7 @@ class ServerConnection(asyncio.Protocol):
             except Exception as exc:
                 self.handshake_exc = exc
                 self.logger.error("opening handshake failed", exc_info=True)
-                response = reject(500, "Failed to open a WebSocket connection.\n")
+                response = reject(500, _SERVER_ERROR_TEXT)
             else:
                 if options.extra_headers is not None:
                     try:

@@ -1,5 +1,6 @@
 """A response the server cannot write (header injection, bad names, bad
-status line) is answered 500 and logged at ERROR; the server keeps serving."""
+status line) or a hook that fails while the 101 is built is answered 500
+(with the same body every time) and logged at ERROR; the server keeps serving."""
 
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ def raise_on_bad_path(connection: Any, request: shardws.Request) -> Any:
     return None
 
 
+def select_on_bad_path(connection: Any, offered: list[str]) -> str | None:
+    if connection.request.path == BAD_PATH:
+        raise RuntimeError("select_subprotocol bug")
+    return None
+
+
+def select_not_offered_on_bad_path(connection: Any, offered: list[str]) -> str | None:
+    return "never-offered" if connection.request.path == BAD_PATH else None
+
+
 def bad_header_on_101(connection: Any, request: shardws.Request, response: shardws.Response) -> None:
     if request.path == BAD_PATH:
         response.headers["X-Bad"] = "a\r\nInjected: 1"
@@ -62,7 +73,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         {"process_request": on_bad_path(shardws.Response(1000, "Too big", b""))},
     ),
     ("process_response bad header on the 101", {"process_response": bad_header_on_101}),
+    ("select_subprotocol raises", {"select_subprotocol": select_on_bad_path}),
+    ("select_subprotocol picks what was not offered", {"select_subprotocol": select_not_offered_on_bad_path}),
 ]
+
+SERVER_ERROR_BODY = b"\r\n\r\nFailed to open a WebSocket connection.\nSee server log for more information.\n"
 
 
 @pytest.mark.parametrize(("name", "options"), CASES, ids=[c[0] for c in CASES])
@@ -75,6 +90,7 @@ async def test_unwritable_response_gets_500(
     assert answer.startswith(b"HTTP/1.1 500 ")
     assert b"Injected" not in answer
     assert b"\r\nConnection: close\r\n" in answer
+    assert answer.endswith(SERVER_ERROR_BODY)
     errors = [
         r
         for r in caplog.records
