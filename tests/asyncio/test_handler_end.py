@@ -18,12 +18,8 @@ from websockets.asyncio.client import connect
 
 import shardws
 
-from .conftest import port_of, uri
-
-REQUEST = (
-    b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
+from .conftest import port_of, uri, wait_until
+from .test_server import handshake_request
 
 
 def failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -47,11 +43,11 @@ async def test_peer_vanishing_during_async_for_is_not_an_error(
     caplog.set_level(logging.DEBUG, logger="shardws.server")
     server = await start_server(handler)
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
-    writer.write(REQUEST)
+    writer.write(handshake_request())
     assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 101")
     writer.transport.abort()  # no closing handshake: 1006 on the server side
     assert isinstance(await asyncio.wait_for(ended, 5), shardws.ConnectionClosedError)
-    await asyncio.wait_for(_until_no_connections(server), 5)
+    await wait_until(lambda: not server.websockets)
     assert failures(caplog) == []
     assert any(
         r.levelno == logging.DEBUG and r.getMessage().startswith("connection handler ended by the closure")
@@ -85,8 +81,3 @@ async def test_another_connections_closure_escaping_is_an_error(
     assert len(logged) == 1 and logged[0].levelno == logging.ERROR
     assert logged[0].exc_info is not None
     assert issubclass(logged[0].exc_info[0], shardws.ConnectionClosed)  # type: ignore[arg-type]
-
-
-async def _until_no_connections(server: shardws.Server) -> None:
-    while server.websockets:
-        await asyncio.sleep(0.002)  # polled; the caller bounds it with wait_for

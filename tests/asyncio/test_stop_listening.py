@@ -13,16 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from .conftest import port_of, uri, wait_until
-
-REQUEST = (
-    b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
-async def echo(connection):  # type: ignore[no-untyped-def]
-    async for message in connection:
-        await connection.send(message)
+from .test_server import echo, handshake_request
 
 
 @pytest.mark.both_loops
@@ -37,7 +28,7 @@ async def test_accepted_handshake_completes_and_open_connections_stay(start_serv
         handing_over = asyncio.ensure_future(server.stop_listening(timeout=5))
         await wait_until(lambda: server._handing_over)
         assert server.is_serving()
-        writer.write(REQUEST)
+        writer.write(handshake_request())
         status_line = await asyncio.wait_for(reader.readline(), 5)
         assert status_line.startswith(b"HTTP/1.1 101"), status_line
         await asyncio.wait_for(handing_over, 5)
