@@ -138,7 +138,7 @@ class MessageExtension(Protocol):
 
     def decompress(self, data: bytes, fin: bool, max_length: int | None) -> bytes: ...
 
-    def compress(self, data: bytes, fin: bool = True) -> bytes: ...
+    def compress(self, data: bytes | bytearray | memoryview, fin: bool = True) -> bytes: ...
 
     @property
     def share_key(self) -> object: ...
@@ -591,7 +591,7 @@ class Connection:
         else:
             # RFC 7692 section 6: the "Per-Message Compressed" bit is set on
             # the first frame of a compressed message only.
-            frame = self._frame(opcode, ext.compress(bytes(payload), fin), fin, opcode != OP_CONT)
+            frame = self._frame(opcode, ext.compress(payload, fin), fin, opcode != OP_CONT)
         self._out.append(frame)
         self._send_fragmented = not fin
 

@@ -711,6 +711,22 @@ def test_uncompressed_message_with_deflate_negotiated() -> None:
     ]
 
 
+@pytest.mark.parametrize("container", [bytes, bytearray, memoryview])
+def test_deflate_compresses_any_bytes_like(
+    container: Callable[[bytes], bytes | bytearray | memoryview],
+) -> None:
+    """bytes, bytearray and memoryview payloads give the same compressed frames."""
+    frames = []
+    for payload in (b"same payload " * 20, container(b"same payload " * 20)):
+        conn = Connection(extensions=[PerMessageDeflate(False, True, 15, 15)])
+        conn.send_binary(payload)
+        conn.send_binary(payload, fin=False)
+        conn.send_continuation(payload, True)  # type: ignore[arg-type]
+        frames.append(conn.data_to_send())
+    assert frames[0] == frames[1]
+    assert len(frames[0][0]) < 100  # compressed
+
+
 class ExpandingExtension:
     """A fake extension whose "decompression" doubles the payload."""
 
@@ -719,8 +735,8 @@ class ExpandingExtension:
     def decompress(self, data: bytes, fin: bool, max_length: int | None) -> bytes:
         return data * 2
 
-    def compress(self, data: bytes, fin: bool = True) -> bytes:
-        return data
+    def compress(self, data: bytes | bytearray | memoryview, fin: bool = True) -> bytes:
+        return bytes(data)
 
 
 def test_max_size_applies_after_decompression() -> None:
