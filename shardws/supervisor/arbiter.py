@@ -796,7 +796,9 @@ class Supervisor:
         try:
             request = json.loads(bytes(buffer).split(b"\n", 1)[0] or b"{}")
             reply = self.command(request)
-        except (ValueError, TypeError, AttributeError) as exc:
+        # A malformed request must never stop the supervisor: not JSON, not an
+        # object, a missing field, nested past the parser's recursion limit.
+        except (ValueError, TypeError, AttributeError, LookupError, RecursionError) as exc:
             reply = {"ok": False, "error": f"bad request: {exc}"}
         try:
             sock.setblocking(True)
