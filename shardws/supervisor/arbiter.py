@@ -179,7 +179,7 @@ class Supervisor:
         self.reload_pair: tuple[int, int] | None = None  # (new pid, old pid)
         self.reload_failures = 0
         self.reloading = False
-        self.reload_stats: dict[str, Any] = {}
+        self.reload_started = 0.0
         self._pipe: tuple[int, int] | None = None
         self._control: socket.socket | None = None
         self._clients: dict[int, tuple[socket.socket, bytearray]] = {}
@@ -495,7 +495,7 @@ class Supervisor:
         self.reload_queue = [w.pid for w in self._active() if w.pid != self._reload_new()]
         self.reload_failures = 0
         self.reloading = True
-        self.reload_stats = {"started": time.monotonic(), "replaced": 0}
+        self.reload_started = time.monotonic()
         log.info("rolling restart of %d worker%s", len(self.reload_queue),
                  "" if len(self.reload_queue) == 1 else "s")
 
@@ -737,7 +737,6 @@ class Supervisor:
                 log.info("worker %d (pid %d) replaced by worker %d (pid %d)",
                          old.index, old.pid, new.index, new.pid)
                 self._drain(old, signal.SIGHUP, now + self.settings.graceful_timeout)
-            self.reload_stats["replaced"] = self.reload_stats.get("replaced", 0) + 1
             self.reload_pair = None
         while self.reload_queue:
             old = self.workers.get(self.reload_queue[0])
@@ -754,7 +753,7 @@ class Supervisor:
             return
         if self.reloading:
             self.reloading = False
-            log.info("rolling restart done in %.2f s", now - self.reload_stats.get("started", now))
+            log.info("rolling restart done in %.2f s", now - self.reload_started)
 
     def _reconcile(self, now: float) -> None:
         active = self._active()
