@@ -420,8 +420,9 @@ def build_extension_header(extensions: Iterable[ExtensionHeader]) -> str:
     """Serialize ``[(name, [(param, value or None), ...]), ...]``.
 
     ``[("permessage-deflate", [("server_no_context_takeover", None)])]`` gives
-    ``"permessage-deflate; server_no_context_takeover"``. A value that is not
-    ``ValueError`` on a name or value that is not a token.
+    ``"permessage-deflate; server_no_context_takeover"``. Raises
+    ``ValueError`` on a name or value that is not a token (RFC 6455 section
+    9.1), so nothing here is ever quoted.
     """
     items = []
     for extension, params in extensions:
