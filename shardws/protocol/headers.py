@@ -247,6 +247,16 @@ def _split_list(value: str) -> list[tuple[str, int]]:
     return elements
 
 
+def _split_tokens(value: str, name: str) -> list[str]:
+    """The elements of a ``1#token`` list, case kept; InvalidHeaderFormat on a non-token."""
+    tokens = []
+    for element, pos in _split_list(value):
+        if not is_token(element):
+            raise InvalidHeaderFormat(name, "expected token", value, pos)
+        tokens.append(element)
+    return tokens
+
+
 def parse_token_list(value: str, name: str = "header") -> list[str]:
     """Parse a ``1#token`` list (``Connection``) into lowercased tokens.
 
@@ -254,12 +264,7 @@ def parse_token_list(value: str, name: str = "header") -> list[str]:
     :class:`~shardws.exceptions.InvalidHeaderFormat` (400) on an element that
     is not a token; empty elements are ignored.
     """
-    tokens = []
-    for element, pos in _split_list(value):
-        if not is_token(element):
-            raise InvalidHeaderFormat(name, "expected token", value, pos)
-        tokens.append(element.lower())
-    return tokens
+    return [token.lower() for token in _split_tokens(value, name)]
 
 
 def parse_upgrade_list(value: str, name: str = "Upgrade") -> list[str]:
@@ -282,12 +287,7 @@ def parse_subprotocol_list(value: str, name: str = "Sec-WebSocket-Protocol") -> 
     """Parse a ``Sec-WebSocket-Protocol`` list; case is kept (subprotocols are
     compared exactly). Raises :class:`~shardws.exceptions.InvalidHeaderFormat`.
     """
-    protocols = []
-    for element, pos in _split_list(value):
-        if not is_token(element):
-            raise InvalidHeaderFormat(name, "expected token", value, pos)
-        protocols.append(element)
-    return protocols
+    return _split_tokens(value, name)
 
 
 def build_token_list(tokens: Iterable[str]) -> str:
