@@ -7,66 +7,24 @@ public cluster API (``shardws.cluster``) is exercised by the example.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from shardws.cli import request
-
-from ..supervisor.conftest import ROOT, env, free_port
+from ..supervisor.conftest import Supervised
 
 DEADLINE = 20.0
 
 
-class ChatServer:
-    def __init__(self, tmp_path: Path, workers: int) -> None:
-        self.port = free_port()
-        self.control = str(tmp_path / "ctl")
-        self.url = f"ws://127.0.0.1:{self.port}/"
-        self.stderr_path = tmp_path / "stderr"
-        with open(self.stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shardws", "serve", "examples.cluster_chat:handler",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
-                 "--control", self.control, "--bus-size", str(1 << 20)],
-                cwd=ROOT, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=stderr, start_new_session=True,
-            )
-
-    def status(self) -> dict[str, Any]:
-        return request(self.control, {"command": "status"}, timeout=2.0)
-
-    def wait_ready(self, n: int) -> dict[str, Any]:
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.stderr_path.read_text()
-            with contextlib.suppress(OSError, ValueError):
-                status = self.status()
-                if sum(w["state"] == "READY" for w in status["workers"]) == n:
-                    return status
-            time.sleep(0.02)  # polling interval, bounded by the deadline
-        pytest.fail(f"workers not ready:\n{self.stderr_path.read_text()}")
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-
 @pytest.fixture
-def chat(tmp_path: Path) -> Iterator[ChatServer]:
-    server = ChatServer(tmp_path, workers=2)
+def chat(tmp_path: Path) -> Iterator[Supervised]:
+    server = Supervised(tmp_path, "examples.cluster_chat:handler", "--bus-size", str(1 << 20), workers=2)
     try:
-        server.wait_ready(2)
+        server.wait_ready(2, timeout=DEADLINE)
         yield server
     finally:
         server.kill()
@@ -102,7 +60,7 @@ N = 10_000
 WINDOW = 500  # messages in flight: keeps each client within the server's write limit
 
 
-async def test_publish_on_one_worker_reaches_a_subscriber_on_another(chat: ChatServer) -> None:
+async def test_publish_on_one_worker_reaches_a_subscriber_on_another(chat: Supervised) -> None:
     clients = await one_client_per_worker(chat.url, "lobby", 2)
     (w0, publisher), (w1, subscriber) = sorted(clients.items())
     assert w0 != w1
@@ -132,7 +90,7 @@ async def test_publish_on_one_worker_reaches_a_subscriber_on_another(chat: ChatS
         await ws.close()
 
 
-async def test_rooms_are_separate_across_workers(chat: ChatServer) -> None:
+async def test_rooms_are_separate_across_workers(chat: Supervised) -> None:
     a = await one_client_per_worker(chat.url, "a", 2)
     b = await one_client_per_worker(chat.url, "b", 2)
     await a[0].send("to a")
@@ -149,7 +107,7 @@ async def test_rooms_are_separate_across_workers(chat: ChatServer) -> None:
         await ws.close()
 
 
-async def test_killed_worker_is_replaced_and_its_slot_talks_again(chat: ChatServer) -> None:
+async def test_killed_worker_is_replaced_and_its_slot_talks_again(chat: Supervised) -> None:
     status = chat.status()
     victim = next(w for w in status["workers"] if w["id"] == 1)
     # Traffic first, so the ring of slot 1 holds committed records when it dies.
@@ -160,14 +118,13 @@ async def test_killed_worker_is_replaced_and_its_slot_talks_again(chat: ChatServ
         for i in range(100):
             assert await clients[0].recv() == f"before {i}"
     os.kill(victim["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + DEADLINE
-    while True:  # the supervisor respawns a worker into slot 1
-        with contextlib.suppress(OSError, ValueError):
-            rows = {w["id"]: w for w in chat.status()["workers"]}
-            if 1 in rows and rows[1]["pid"] != victim["pid"] and rows[1]["state"] == "READY":
-                break
-        assert time.monotonic() < deadline, "worker 1 was not replaced"
-        await asyncio.sleep(0.02)  # polling the control socket, bounded by the deadline
+    status = await asyncio.to_thread(  # the supervisor respawns a worker into slot 1
+        chat.wait_for,
+        lambda s: any(w["id"] == 1 and w["pid"] != victim["pid"] and w["state"] == "READY"
+                      for w in s["workers"]),
+        DEADLINE, "worker 1 replaced",
+    )
+    rows = {w["id"]: w for w in status["workers"]}
     assert rows[1]["generation"] > victim["generation"]
     for ws in clients.values():
         await ws.close()

@@ -36,7 +36,10 @@ def env() -> dict[str, str]:
 
 
 class Supervised:
-    """``python -m shardws serve APP`` in its own process group, killed at teardown."""
+    """``python -m shardws serve APP`` in its own process group, killed at teardown.
+
+    ``app`` is a handler of ``tests/supervisor/apps.py`` or a full ``module:attribute``.
+    """
 
     def __init__(self, tmp_path: Path, app: str, *args: str, workers: int = 2,
                  uds: str | None = None, extra_env: dict[str, str] | None = None) -> None:
@@ -45,7 +48,7 @@ class Supervised:
         self.stderr_path = tmp_path / "stderr"
         where = ["--uds", uds] if uds else ["--port", str(self.port)]
         self.command = [
-            sys.executable, "-m", "shardws", "serve", f"tests.supervisor.apps:{app}",
+            sys.executable, "-m", "shardws", "serve", app if ":" in app else f"tests.supervisor.apps:{app}",
             "--host", "127.0.0.1", *where, "--workers", str(workers),
             "--control", self.control, *args,
         ]
