@@ -34,8 +34,9 @@ __all__ = ["main", "build_parser", "format_status", "request", "settings_markdow
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-#: What reload / stop / scale do when no control socket answers but a pid is known.
-FALLBACK_SIGNALS = {"reload": signal.SIGHUP, "stop": signal.SIGTERM, "quit": signal.SIGQUIT}
+#: What reload / stop do when no control socket answers but a pid is known (scale has no
+#: signal for "N workers": it needs the control socket).
+FALLBACK_SIGNALS = {"reload": signal.SIGHUP, "stop": signal.SIGTERM}
 
 
 # ------------------------------------------------------------- converters
