@@ -21,7 +21,7 @@ Thread safety: none. Call these functions from the event loop's thread only
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .connection import ServerConnection
@@ -36,7 +36,6 @@ __all__ = [
     "subscribe",
     "unsubscribe",
     "subscribers",
-    "topics",
     "connections",
     "count",
 ]
@@ -50,10 +49,6 @@ class Stats:
     def __init__(self) -> None:
         self.messages_in = 0
         self.messages_out = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters as a dict (for status reports)."""
-        return {"messages_in": self.messages_in, "messages_out": self.messages_out}
 
     def reset(self) -> None:
         """Set every counter back to 0 (a worker does it after fork)."""
@@ -124,11 +119,6 @@ def unsubscribe(connection: ServerConnection, topic: Hashable) -> None:
 def subscribers(topic: Hashable) -> set[ServerConnection]:
     """The connections subscribed to ``topic`` (a new set: safe to iterate while closing)."""
     return set(_topics.get(topic, ()))
-
-
-def topics(connection: Any) -> set[Hashable]:
-    """The topics ``connection`` is subscribed to (a new set)."""
-    return set(_subscriptions.get(connection, ()))
 
 
 def connections() -> set[ServerConnection]:
