@@ -270,7 +270,8 @@ class ServerConnection(asyncio.Protocol):
     def subscribe(self, topic: Any) -> bool:
         """Subscribe to ``topic`` in the process registry (see :mod:`.registry`).
 
-        Returns False when the connection is not open (nothing recorded).
+        Returns False (nothing recorded) before the opening handshake
+        succeeded or once the TCP connection is closed.
         """
         return registry.subscribe(self, topic)
 

@@ -90,10 +90,12 @@ def remove(connection: ServerConnection) -> None:
 
 
 def subscribe(connection: ServerConnection, topic: Hashable) -> bool:
-    """Subscribe an open connection to ``topic``.
+    """Subscribe a registered connection to ``topic``.
 
     Returns ``False`` (and records nothing) when the connection is not
-    registered, i.e. not open: a closed connection never receives anything.
+    registered: before its opening handshake succeeded, or once its TCP
+    connection is closed (a closed connection never receives anything).
+    A closing one is still registered until then; broadcast() skips it.
     """
     if connection not in _connections:
         return False
