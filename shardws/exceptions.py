@@ -15,8 +15,8 @@ Two families are kept apart:
 * **local misuse** -- the application called the API wrongly:
   :class:`LocalProtocolError` (e.g. an invalid close code passed to
   ``close()``), :class:`InvalidState`, :class:`ConcurrencyError`. These also
-  derive from the matching built-in (``ValueError``, ``RuntimeError``) so
-  generic handlers catch them.
+  derive from the matching built-in (``ValueError``, ``AssertionError`` as
+  in websockets, ``RuntimeError``) so generic handlers catch them.
 
 :class:`ProtocolError` is the common base of both protocol families, as in
 websockets, where ``close(code=999)`` raises ``ProtocolError``.
@@ -89,12 +89,12 @@ class ConnectionClosed(WebSocketException):
     @property
     def code(self) -> int:
         """Close code received, 1006 when none arrived (deprecated alias)."""
-        return getattr(self.rcvd, "code", 1006) if self.rcvd is not None else 1006
+        return getattr(self.rcvd, "code", 1006)
 
     @property
     def reason(self) -> str:
         """Close reason received, "" when none arrived (deprecated alias)."""
-        return getattr(self.rcvd, "reason", "") if self.rcvd is not None else ""
+        return getattr(self.rcvd, "reason", "")
 
 
 class ConnectionClosedOK(ConnectionClosed):
