@@ -36,6 +36,7 @@ __all__ = [
     "current",
     "current_table",
     "prepare",
+    "release",
     "attach_worker",
     "extra_size",
     "install",
@@ -83,11 +84,25 @@ def prepare(table: WorkerTable, bus_size: int) -> BusLayout:
 
     ``table`` must have been created with
     ``WorkerTable.create(n, extra=BusLayout.extra(n, bus_size))``. Every
-    worker forked afterwards inherits the layout and calls :func:`attach_worker`.
+    worker forked afterwards inherits the layout and calls :func:`attach_worker`;
+    the supervisor calls :func:`release` at exit.
     """
     global _layout
     _layout = BusLayout.create(table, bus_size)
     return _layout
+
+
+def release() -> None:
+    """Supervisor, at exit: close the eventfds :func:`prepare` opened and forget its layout.
+
+    The mapping (table and rings) goes with the last reference to the table;
+    without this, ``shardws.run()`` returning would keep both for the life of
+    the process.
+    """
+    global _layout
+    if _layout is not None:
+        _layout.close()
+        _layout = None
 
 
 def attach_worker(worker_id: int, loop: asyncio.AbstractEventLoop) -> Bus:

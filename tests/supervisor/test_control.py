@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
 
+from shardws import bus
 from shardws.supervisor import Supervisor
 
 BAD_REQUESTS = [  # (raw request line, what the error reply says)
@@ -33,3 +35,24 @@ def test_a_bad_request_gets_an_error_reply_and_the_supervisor_goes_on(raw, error
     assert reply["ok"] is False and error in reply["error"]
     assert not supervisor._clients and theirs.fileno() == -1  # answered and closed
     assert not supervisor.actions
+
+
+def eventfds() -> int:
+    fds = os.listdir("/proc/self/fd")
+    return sum(1 for fd in fds if readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]")
+
+
+def readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # the fd of the listing itself, closed meanwhile
+        return ""
+
+
+def test_run_returns_with_the_bus_eventfds_closed():
+    before = eventfds()
+    supervisor = Supervisor("tests.supervisor.apps:echo", port=0, control=None)
+    supervisor.actions.append("stop")  # stops on the first loop iteration, before any fork
+    assert supervisor.run() == 0
+    assert eventfds() == before
+    assert bus._layout is None
