@@ -82,6 +82,15 @@ def create_eventfds(slots: int) -> list[int]:
     return [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(slots)]
 
 
+def close_eventfds(fds: Sequence[int]) -> None:
+    """Close the eventfds of :func:`create_eventfds` (already closed ones are skipped)."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class SharedRings:
     """A stand-alone mapping holding only rings, plus the eventfds.
 
@@ -104,11 +113,7 @@ class SharedRings:
 
     def close(self) -> None:
         """Close the eventfds; the mapping goes when the last process drops it."""
-        for fd in self.eventfds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_eventfds(self.eventfds)
         self.eventfds = []
         for region in self.regions:
             region.release()
@@ -392,9 +397,5 @@ class BusLayout:
 
     def close(self) -> None:
         """Close the eventfds (the supervisor, at exit)."""
-        for fd in self.eventfds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_eventfds(self.eventfds)
         self.eventfds = []
