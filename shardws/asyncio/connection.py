@@ -402,11 +402,16 @@ class ServerConnection(asyncio.Protocol):
                         self._update_reading()
                 elif protocol.close_rcvd is None:
                     # We sent a close frame and keep reading for the peer's
-                    # one (unread messages do not hold it back): messages
-                    # past max_queue arriving meanwhile are dropped, so a
-                    # peer that never closes costs bounded memory.
-                    while len(messages) > options.max_queue_high:
+                    # one (unread messages do not hold it back): messages of
+                    # this read past max_queue or read_limit are dropped, so
+                    # a peer that never closes costs bounded memory; those
+                    # unread before stay for the handler.
+                    while added and (
+                        len(messages) > options.max_queue_high
+                        or self._queued_bytes > options.read_limit_high
+                    ):
                         self._queued_bytes -= len(messages.pop())
+                        added -= 1
         if protocol.pending_failure is not None and self._fail_handle is None:
             self._failure_held_back()
         self._flush()

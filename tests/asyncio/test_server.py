@@ -617,6 +617,48 @@ async def test_closing_reads_past_a_full_queue_with_bounded_memory(start_server:
     await client.aclose()
 
 
+# (serve() options, messages unread when the server closes, messages after its close frame)
+DROP_AFTER_CLOSE_CASES = [
+    pytest.param({"max_queue": 2}, [f"m{n}" for n in range(6)], ["late"] * 47, id="max_queue"),
+    pytest.param(
+        {"max_queue": None, "read_limit": 1000}, ["a" * 600] * 3, ["b" * 100] * 47, id="read_limit"
+    ),
+]
+
+
+@pytest.mark.parametrize(("options", "early", "late"), DROP_AFTER_CLOSE_CASES)
+async def test_only_messages_past_the_close_frame_are_dropped(
+    start_server: Any, options: dict[str, Any], early: list[str], late: list[str]
+) -> None:
+    """While the server waits for the peer's close frame, what arrives past
+    max_queue or read_limit is dropped (bounded memory); the messages that
+    were unread when it closed are still there for the handler."""
+    acc = Accepted()
+    server = await start_server(acc.handler, **options)
+    client = await RawClient.connect(port_of(server))
+    connection = await acc.next()
+    encoder = ShardwsConnection(Side.CLIENT, state=State.OPEN)  # frames the client still sends
+    for message in early:
+        encoder.send_text(message)
+    client.writer.write(b"".join(encoder.data_to_send()))  # one write: may exceed the limits
+    await wait_until(lambda: len(connection._messages) == len(early))
+    await wait_until(lambda: not connection._transport.is_reading())
+    client.answer_pings = False  # hold back the automatic answer to the close frame
+    closing = asyncio.create_task(connection.close(1001, "bye"))
+    assert await client.next_event() == Close(1001, "bye")
+    received = registry.stats.messages_in
+    for message in late:
+        encoder.send_text(message)
+    client.writer.write(b"".join(encoder.data_to_send()))
+    await wait_until(lambda: registry.stats.messages_in == received + len(late))  # all read...
+    assert list(connection._messages) == early  # ...and dropped
+    encoder.send_close(1000)
+    client.writer.write(b"".join(encoder.data_to_send()))
+    await asyncio.wait_for(closing, 5)
+    assert [message async for message in connection] == early
+    await client.aclose()
+
+
 async def test_frames_sent_with_the_request_are_kept(start_server: Any) -> None:
     acc = Accepted()
     server = await start_server(acc.handler)
