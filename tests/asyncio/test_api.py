@@ -128,7 +128,9 @@ async def test_connection_properties(accepted: Accepted) -> None:
         assert connection.request is not None and connection.request.path == "/room?x=1"
         assert connection.request_headers["Sec-WebSocket-Version"] == "13"
         assert "Sec-WebSocket-Accept" in connection.response_headers
-        assert connection.response is client.response or connection.response is not None
+        assert connection.response is not None and connection.response.status_code == 101
+        assert client.response is not None
+        assert connection.response_headers["Sec-WebSocket-Accept"] == client.response.headers["Sec-WebSocket-Accept"]
         assert connection.subprotocol is None
         assert isinstance(connection.id, uuid.UUID) and connection.id.version == 4
         assert connection.latency == 0.0
