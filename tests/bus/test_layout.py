@@ -30,8 +30,7 @@ def layout() -> Iterator[BusLayout]:
         yield layout
     finally:
         bus_module.install(None)
-        bus_module._layout = None
-        layout.close()
+        bus_module.release()
 
 
 def test_rings_start_after_the_table(layout: BusLayout) -> None:
