@@ -48,7 +48,7 @@ def bad_header_on_101(connection: Any, request: shardws.Request, response: shard
         response.headers["X-Bad"] = "a\r\nInjected: 1"
 
 
-# (name, serve() options); each makes the answer to GET /bad unwritable
+# (name, serve() options); each makes the answer to GET /bad unwritable, or fails building it
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("extra_headers value with CR LF", {"extra_headers": on_bad_path({"X-Bad": "a\r\nInjected: 1"})}),
     ("extra_headers value with LF", {"extra_headers": on_bad_path([("X-Bad", "a\nInjected: 1")])}),
@@ -81,7 +81,7 @@ SERVER_ERROR_BODY = b"\r\n\r\nFailed to open a WebSocket connection.\nSee server
 
 
 @pytest.mark.parametrize(("name", "options"), CASES, ids=[c[0] for c in CASES])
-async def test_unwritable_response_gets_500(
+async def test_server_side_failure_gets_500(
     start_server: Any, caplog: pytest.LogCaptureFixture, name: str, options: dict[str, Any]
 ) -> None:
     caplog.set_level(logging.INFO, logger="shardws.server")
