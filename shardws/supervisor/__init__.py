@@ -27,7 +27,7 @@ from .arbiter import (
     default_control_path,
 )
 from .identity import current_worker
-from .worker import load_handler, server_api
+from .worker import load_handler, new_event_loop, server_api, tls_context
 
 __all__ = [
     "run",
@@ -121,13 +121,10 @@ def _run_single(
     rest: dict[str, Any],
 ) -> int:
     """One process, no fork: serve until SIGTERM / SIGINT, close with 1001."""
-    import ssl
-
     serve, unix_serve = server_api()
     kwargs = {**serve_settings.serve_kwargs(), **rest}
-    if ssl_certfile:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(ssl_certfile, ssl_keyfile)
+    context = tls_context(ssl_certfile, ssl_keyfile)
+    if context is not None:
         kwargs["ssl"] = context
 
     async def main() -> int:
@@ -157,12 +154,7 @@ def _run_single(
         await server.wait_closed()
         return EXIT_OK
 
-    try:
-        import uvloop
-
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    except ImportError:  # pragma: no cover
-        loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     try:
         return loop.run_until_complete(main())
     finally:

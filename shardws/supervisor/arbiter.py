@@ -41,7 +41,7 @@ from typing import Any
 from .. import bus
 from ..bus.table import WorkerState, WorkerTable
 from ..config import ServeSettings, SupervisorSettings, worker_limit, worker_slots
-from .worker import WorkerSpec, worker_main
+from .worker import WorkerSpec, tls_context, worker_main
 
 __all__ = [
     "Supervisor",
@@ -284,9 +284,7 @@ class Supervisor:
             return EXIT_ERROR
         if self.ssl_certfile:  # fail before forking, with one line
             try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
-                    self.ssl_certfile, self.ssl_keyfile
-                )
+                tls_context(self.ssl_certfile, self.ssl_keyfile)
             except (OSError, ssl.SSLError) as exc:
                 print(f"shardws: cannot load the TLS certificate: {exc}", file=sys.stderr)
                 self._close_uds()

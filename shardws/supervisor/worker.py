@@ -35,7 +35,10 @@ from ..bus import attach_worker
 from ..bus.table import Slot, WorkerState, WorkerTable
 from .identity import set_current_worker
 
-__all__ = ["WorkerSpec", "worker_main", "load_handler", "server_api", "EXIT_WORKER_BOOT"]
+__all__ = [
+    "WorkerSpec", "worker_main", "load_handler", "server_api", "tls_context", "new_event_loop",
+    "EXIT_WORKER_BOOT",
+]
 
 log = logging.getLogger("shardws.worker")
 
@@ -110,12 +113,26 @@ def _listening_socket(spec: WorkerSpec) -> socket.socket:
     return sock
 
 
-def _ssl_context(spec: WorkerSpec) -> ssl.SSLContext | None:
-    if not spec.ssl_certfile:
+def tls_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    """The server TLS context of ``certfile`` / ``keyfile``; ``None`` without a certificate.
+
+    Raises ``OSError`` / ``ssl.SSLError`` when the files cannot be loaded.
+    """
+    if not certfile:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(spec.ssl_certfile, spec.ssl_keyfile)
+    context.load_cert_chain(certfile, keyfile)
     return context
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A fresh uvloop event loop (an asyncio one where uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
 
 
 def _counters() -> tuple[int, int]:
@@ -132,7 +149,7 @@ async def _serve(spec: WorkerSpec, handler: Callable[..., Any], slot: Slot) -> i
     bus = attach_worker(slot.index, loop)
     serve, unix_serve = server_api()
     kwargs = dict(spec.serve_kwargs)
-    context = _ssl_context(spec)
+    context = tls_context(spec.ssl_certfile, spec.ssl_keyfile)
     if context is not None:
         kwargs["ssl"] = context
     sock = _listening_socket(spec)
@@ -203,12 +220,7 @@ def worker_main(spec: WorkerSpec, table: WorkerTable, index: int) -> NoReturn:
             print(f"[shardws worker {index}] cannot load handler {spec.handler!r}:", file=sys.stderr)
             traceback.print_exc()
             _exit(EXIT_WORKER_BOOT)
-        try:
-            import uvloop
-
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-            loop = asyncio.new_event_loop()
+        loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
             code = loop.run_until_complete(_serve(spec, handler, slot))
