@@ -14,6 +14,7 @@ from ..config import SupervisorSettings
 from .base import Bus, BusStats, Deliver, Message, MessageTooLarge, check_message
 from .delivery import deliver_local
 from .ring import max_payload
+from .shm import ring_capacity
 
 __all__ = ["LocalBus"]
 
@@ -21,12 +22,13 @@ __all__ = ["LocalBus"]
 class LocalBus(Bus):
     """A bus whose only worker is this process.
 
-    ``max_message`` defaults to what the default ``--bus-size`` ring takes.
+    Messages are limited to what a ``bus_size`` ring takes (default: the
+    default ``--bus-size``), as on a :class:`ShmBus`.
     Before :meth:`start`, messages go to :func:`shardws.bus.deliver_local`.
     """
 
     def __init__(self, *, bus_size: int = SupervisorSettings.bus_size) -> None:
-        self._capacity = bus_size
+        self._capacity = ring_capacity(bus_size)  # the ring a ShmBus gets for bus_size
         self._deliver: Deliver | None = None
         self._out = 0
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .. import bus
 from ..config import ServeSettings, SupervisorSettings
 from .arbiter import (
     EXIT_ADDRESS_IN_USE,
@@ -101,7 +102,7 @@ def run(
     configure_logging(settings.log_level)
     if settings.workers == 1:
         return _run_single(load_handler(handler), host, port, uds, ssl_certfile, ssl_keyfile,
-                           serve_settings, rest)
+                           serve_settings, settings.bus_size, rest)
     supervisor = Supervisor(
         handler, host=host, port=port, uds=uds, ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile, serve_settings=serve_settings, settings=settings,
@@ -118,9 +119,15 @@ def _run_single(
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
     serve_settings: ServeSettings,
+    bus_size: int,
     rest: dict[str, Any],
 ) -> int:
-    """One process, no fork: serve until SIGTERM / SIGINT, close with 1001."""
+    """One process, no fork: serve until SIGTERM / SIGINT, close with 1001.
+
+    The cluster API delivers in this process, with the message size limit of
+    a ``bus_size`` ring (as with forked workers).
+    """
+    bus.install(bus.LocalBus(bus_size=bus_size))
     serve, unix_serve = server_api()
     kwargs = {**serve_settings.serve_kwargs(), **rest}
     context = tls_context(ssl_certfile, ssl_keyfile)

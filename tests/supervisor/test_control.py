@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 
 import pytest
 
+import shardws
+import shardws.supervisor as supervisor_module
 from shardws import bus
+from shardws.bus import SharedRings
+from shardws.config import SupervisorSettings
 from shardws.supervisor import Supervisor
+
+from .apps import echo
 
 BAD_REQUESTS = [  # (raw request line, what the error reply says)
     (b"not json\n", "bad request"),
@@ -56,3 +63,28 @@ def test_run_returns_with_the_bus_eventfds_closed():
     assert supervisor.run() == 0
     assert eventfds() == before
     assert bus._layout is None
+
+
+BUS_SIZES = [None, 5_000_050, 64 << 20]  # None: the default --bus-size; 5_000_050: not 64-aligned
+
+
+@pytest.mark.parametrize("bus_size", BUS_SIZES)
+def test_run_with_one_worker_limits_messages_like_a_bus_size_ring(monkeypatch, bus_size):
+    seen = []
+
+    async def serve(handler, host, port, **kwargs):  # records the bus the server runs with
+        seen.append(bus.current().max_payload("room"))
+        raise OSError(errno.EADDRINUSE, "address already in use")
+
+    monkeypatch.setattr(supervisor_module, "server_api", lambda: (serve, serve))
+    options = {} if bus_size is None else {"bus_size": bus_size}
+    try:
+        assert shardws.run(echo, "127.0.0.1", 0, workers=1, **options) == 3  # EXIT_ADDRESS_IN_USE
+    finally:
+        bus.install(None)
+    size = SupervisorSettings().bus_size if bus_size is None else bus_size
+    rings = SharedRings(2, size)  # what a forked worker's ShmBus accepts
+    try:
+        assert seen == [rings.bus(0).max_payload("room")]
+    finally:
+        rings.close()
