@@ -54,8 +54,10 @@ import uvloop
 CLIENTS = set()
 """
 
-SHARDWS = PRELUDE + r"""
-import shardws
+# One program for the two servers of the websockets API: shardws runs it
+# unchanged as ``import shardws as websockets``.
+WEBSOCKETS_API = PRELUDE + r"""
+import MODULE as websockets
 
 async def handler(ws):
     CLIENTS.add(ws)
@@ -67,38 +69,7 @@ async def handler(ws):
                 _, rounds, size = message.split(":")
                 text = "x" * int(size)
                 for _ in range(int(rounds)):
-                    shardws.broadcast(CLIENTS, text)
-                    await asyncio.sleep(0)
-            else:
-                await ws.send(message)
-    except shardws.ConnectionClosed:
-        pass
-    finally:
-        CLIENTS.discard(ws)
-
-async def main():
-    async with shardws.serve(handler, "127.0.0.1", 0, ping_interval=None, backlog=4096) as server:
-        print(next(iter(server.sockets)).getsockname()[1], flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-uvloop.run(main())
-"""
-
-WEBSOCKETS = PRELUDE + r"""
-import websockets
-from websockets.asyncio.server import broadcast, serve
-
-async def handler(ws):
-    CLIENTS.add(ws)
-    try:
-        async for message in ws:
-            if isinstance(message, str) and message == "count":
-                await ws.send(str(len(CLIENTS)))
-            elif isinstance(message, str) and message.startswith("bcast:"):
-                _, rounds, size = message.split(":")
-                text = "x" * int(size)
-                for _ in range(int(rounds)):
-                    broadcast(CLIENTS, text)
+                    websockets.broadcast(CLIENTS, text)
                     await asyncio.sleep(0)
             else:
                 await ws.send(message)
@@ -108,12 +79,14 @@ async def handler(ws):
         CLIENTS.discard(ws)
 
 async def main():
-    async with serve(handler, "127.0.0.1", 0, ping_interval=None, backlog=4096) as server:
+    async with websockets.serve(handler, "127.0.0.1", 0, ping_interval=None, backlog=4096) as server:
         print(next(iter(server.sockets)).getsockname()[1], flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 uvloop.run(main())
 """
+SHARDWS = WEBSOCKETS_API.replace("import MODULE", "import shardws")
+WEBSOCKETS = WEBSOCKETS_API.replace("import MODULE", "import websockets")
 
 AIOHTTP = PRELUDE + r"""
 from aiohttp import WSMsgType, web
