@@ -152,6 +152,17 @@ class Child:
             os.waitpid(self.pid, 0)
 
 
+def run_pair(
+    reader: Callable[[Callable[[], None], Callable[[Any], None]], None],
+    writer: Callable[[Callable[[], None], Callable[[Any], None]], None],
+) -> tuple[Any, Any]:
+    """Fork the reader, wait until it listens, fork the writer; both reports."""
+    read = Child(reader)
+    read.wait_ready()
+    write = Child(writer)
+    return write.result(), read.result()
+
+
 def percentiles(samples: list[int]) -> tuple[float, float]:
     """p50 and p99 of nanosecond samples, in microseconds."""
     ordered = sorted(samples)
@@ -229,10 +240,7 @@ def bus_throughput(size: int, count: int) -> dict[str, float]:
         start = loop.run_until_complete(run())
         report({"start": start, "sent_end": time.perf_counter(), "cpu": time.process_time() - cpu})
 
-    read = Child(reader)
-    read.wait_ready()
-    write = Child(writer)
-    w, r = write.result(), read.result()
+    w, r = run_pair(reader, writer)
     rings.close()
     sent = (count // BATCH) * BATCH
     return {
@@ -276,11 +284,7 @@ def bus_latency(size: int, count: int, rate: float) -> tuple[float, float]:
         paced(count, rate, lambda last, stamp: bus.publish(TOPIC, payload(size, last, stamp)))
         report(None)
 
-    read = Child(reader)
-    read.wait_ready()
-    write = Child(writer)
-    write.result()
-    p50, p99 = read.result()
+    _, (p50, p99) = run_pair(reader, writer)
     rings.close()
     return p50, p99
 
@@ -313,10 +317,7 @@ def pipe_throughput(size: int, count: int) -> dict[str, float]:
         send(last)
         report({"start": start})
 
-    read = Child(reader)
-    read.wait_ready()
-    write = Child(writer)
-    w, r = write.result(), read.result()
+    w, r = run_pair(reader, writer)
     receiver.close()
     sender.close()
     return {"rate": r["received"] / (r["end"] - w["start"]), "dropped": 0}
@@ -344,11 +345,7 @@ def pipe_latency(size: int, count: int, rate: float) -> tuple[float, float]:
         paced(count, rate, lambda last, stamp: sender.send_bytes(payload(size, last, stamp)))
         report(None)
 
-    read = Child(reader)
-    read.wait_ready()
-    write = Child(writer)
-    write.result()
-    p50, p99 = read.result()
+    _, (p50, p99) = run_pair(reader, writer)
     receiver.close()
     sender.close()
     return p50, p99
