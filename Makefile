@@ -62,8 +62,14 @@ run: $(STAMP)
 bench-protocol: $(STAMP)
 	$(VPY) scripts/bench_protocol.py
 
-bench: $(STAMP)
-	$(VPY) scripts/bench.py
+# The benchmark peers (websockets, aiohttp, picows: the `bench` extra), then
+# scripts/bench.py; e.g. make bench BENCH_ARGS="--quick" or "--workers 2".
+$(VENV)/.installed-bench: $(STAMP)
+	$(VPY) -m pip install -q -e '.[bench]'
+	@touch $@
+
+bench: $(VENV)/.installed-bench
+	$(VPY) scripts/bench.py $(BENCH_ARGS)
 
 bench-bus: $(STAMP)
 	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)

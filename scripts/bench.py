@@ -1,25 +1,33 @@
-"""Throughput benchmark: shardws against websockets, aiohttp (and picows when installed).
+"""Throughput benchmark: shardws against websockets, picows and aiohttp, one load generator.
 
-    python scripts/bench.py [--quick] [--clients N] [--write docs/benchmarks.md]
+    python scripts/bench.py [--quick] [--repeat N] [--servers A,B] [--tests A,B]
+                            [--workers N] [--json PATH] [--write docs/benchmarks.md]
 
-Measured in one run, with the same load generator for every server:
+Every server runs alone in a subprocess pinned to one CPU (uvloop, keepalive
+pings off) and is driven by the same load generator in this process, pinned
+to another CPU: raw ``asyncio.Protocol`` clients on uvloop that send
+pre-built masked frames and count the answers (by bytes where every answer
+has the same size, by scanning frame headers where permessage-deflate makes
+the sizes vary). Identical echo semantics everywhere: each server echoes a
+message with its type, answers the text ``count`` with its number of open
+connections and ``bcast:ROUNDS:SIZE`` by broadcasting ROUNDS text messages of
+SIZE bytes to every connection, yielding to the loop between rounds.
 
-* **echo round trips/s** with 32 B and 4 KiB binary messages, ``--clients``
-  connections, each keeping ``BATCH * DEPTH`` messages in flight;
-* **broadcast deliveries/s**: the server sends ``ROUNDS`` 32 B text messages
-  to 1000 connections with its broadcast primitive (websockets'
-  ``broadcast()``, a loop of ``send_str`` for aiohttp, a loop of
-  ``transport.send`` for picows).
+Tests (each also with permessage-deflate negotiated, ``+deflate``):
 
-Each server runs alone in a subprocess pinned to one CPU, on uvloop, with
-keepalive pings off and no compression negotiated. The load generator runs
-in this process, pinned to another CPU: a raw-socket ``asyncio.Protocol``
-client on uvloop that pipelines pre-masked frames and counts the bytes of the
-answers (every answer has the same size), so it spends almost nothing per
-message and is the same for every server. Every server is measured once
-per pass, in turn, and each figure is the best of its passes. ``--quick``
-(one pass) keeps the whole run under 30 s; a full run (three passes) stays
-under 2 minutes.
+* ``rr32``: 32 B request/response, 100 connections, 1 message in flight each;
+* ``pipe32``: 32 B pipelined on 1 connection, 2 batches of 64 in flight;
+* ``big16k``: 16 KiB request/response, 10 connections, 1 in flight each;
+* ``broadcast``: deliveries/s of 32 B broadcasts to 1000 connections;
+* ``handshake``: completed upgrades/s, 50 concurrent connect + upgrade +
+  close handshake loops;
+* ``idle_rss``: server RSS growth per idle open connection (5000 open, on a
+  fresh server process), KiB.
+
+``bare`` (a uvloop TCP echo) is the generator's ceiling for the echo tests.
+Each pass measures every server in turn; the tables report the median of
+the passes, the JSON file every point (with the CPU use of the generator
+and of the server during the point).
 """
 
 from __future__ import annotations
@@ -27,37 +35,67 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import importlib.util
+import json
 import os
+import random
 import re
+import resource
 import select
+import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-BROADCAST_CONNECTIONS = 1000
 
 # ----------------------------------------------------------- the servers
-# Each prints its port, echoes every message with the same type, answers
-# "count" with the number of open connections and "bcast:ROUNDS:SIZE" by
-# broadcasting ROUNDS text messages of SIZE bytes to every connection,
-# yielding to the event loop between rounds.
 
 PRELUDE = r"""
-import asyncio, os, sys
-os.sched_setaffinity(0, {int(sys.argv[1])})
+import asyncio, os, resource, sys
+if sys.argv[1] != "-":
+    os.sched_setaffinity(0, {int(sys.argv[1])})
+DEFLATE = sys.argv[2] == "1"
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
 import uvloop
 CLIENTS = set()
 """
 
-# One program for the two servers of the websockets API: shardws runs it
-# unchanged as ``import shardws as websockets``.
-WEBSOCKETS_API = PRELUDE + r"""
+SERVE_UNTIL_STDIN_CLOSES = r"""
+    print(PORT, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+"""
+
+BARE = PRELUDE + r"""
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.write = transport.write
+
+    def data_received(self, data):
+        self.write(data)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0, backlog=4096)
+    PORT = server.sockets[0].getsockname()[1]
+""" + SERVE_UNTIL_STDIN_CLOSES + r"""
+uvloop.run(main())
+"""
+
+# The handler of the two servers of the websockets API: shardws runs it
+# unchanged as ``import shardws as websockets``; it is also the module that
+# ``shardws serve --workers N`` serves.
+HANDLER = r"""
+import asyncio
 import MODULE as websockets
+
+CLIENTS = set()
 
 async def handler(ws):
     CLIENTS.add(ws)
@@ -77,22 +115,22 @@ async def handler(ws):
         pass
     finally:
         CLIENTS.discard(ws)
+"""
 
+WEBSOCKETS_API = PRELUDE + HANDLER + r"""
 async def main():
-    async with websockets.serve(handler, "127.0.0.1", 0, ping_interval=None, backlog=4096) as server:
-        print(next(iter(server.sockets)).getsockname()[1], flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
+    async with websockets.serve(handler, "127.0.0.1", 0, ping_interval=None, backlog=4096,
+                                compression="deflate" if DEFLATE else None) as server:
+        PORT = next(iter(server.sockets)).getsockname()[1]
+""" + SERVE_UNTIL_STDIN_CLOSES.replace("\n    ", "\n        ") + r"""
 uvloop.run(main())
 """
-SHARDWS = WEBSOCKETS_API.replace("import MODULE", "import shardws")
-WEBSOCKETS = WEBSOCKETS_API.replace("import MODULE", "import websockets")
 
 AIOHTTP = PRELUDE + r"""
 from aiohttp import WSMsgType, web
 
 async def handler(request):
-    ws = web.WebSocketResponse(heartbeat=None, max_msg_size=2**20)
+    ws = web.WebSocketResponse(heartbeat=None, max_msg_size=2**20, compress=DEFLATE)
     await ws.prepare(request)
     CLIENTS.add(ws)
     try:
@@ -123,10 +161,8 @@ async def main():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
-    print(site._server.sockets[0].getsockname()[1], flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await runner.cleanup()
-
+    PORT = site._server.sockets[0].getsockname()[1]
+""" + SERVE_UNTIL_STDIN_CLOSES + r"""
 uvloop.run(main())
 """
 
@@ -160,38 +196,82 @@ class Listener(WSListener):
 
 async def main():
     server = await ws_create_server(lambda request: Listener(), "127.0.0.1", 0, backlog=4096)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
+    PORT = server.sockets[0].getsockname()[1]
+""" + SERVE_UNTIL_STDIN_CLOSES + r"""
 uvloop.run(main())
 """
 
-SERVERS = {"shardws": SHARDWS, "websockets": WEBSOCKETS, "aiohttp": AIOHTTP, "picows": PICOWS}
+# name: (program, extra environment, speaks permessage-deflate, speaks WebSocket)
+SERVERS: dict[str, tuple[str, dict[str, str], bool, bool]] = {
+    "bare": (BARE, {}, False, False),
+    "shardws": (WEBSOCKETS_API.replace("import MODULE", "import shardws"), {}, True, True),
+    "shardws-pure": (WEBSOCKETS_API.replace("import MODULE", "import shardws"),
+                     {"SHARDWS_NO_SPEEDUPS": "1"}, True, True),
+    "websockets": (WEBSOCKETS_API.replace("import MODULE", "import websockets"), {}, True, True),
+    "picows": (PICOWS, {}, False, True),
+    "aiohttp": (AIOHTTP, {}, True, True),
+}
+PEERS = ("websockets", "picows")
+
+
+def server_env(extra: dict[str, str]) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def process_cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (0 for the ones gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
 
 
 class ServerProcess:
     """One benchmarked server in a subprocess pinned to ``cpu``; stops when stdin closes."""
 
-    def __init__(self, name: str, cpu: int) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    def __init__(self, name: str, cpu: int, deflate: bool) -> None:
+        program, extra, _, _ = SERVERS[name]
+        self.name = name
         # stderr goes to a file (shown if the server does not start): picows
         # prints a line per write to a connection the load generator closed.
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVERS[name], str(cpu)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env, cwd="/",
+            [sys.executable, "-c", program, str(cpu), "1" if deflate else "0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+            env=server_env(extra), cwd="/",
         )
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30.0)
-        line = self.proc.stdout.readline() if ready else b""
+        poller = select.poll()  # not select(): the generator may hold fds above 1024
+        poller.register(self.proc.stdout, select.POLLIN)
+        line = self.proc.stdout.readline() if poller.poll(30_000) else b""
         if not line.strip().isdigit():
-            self.stderr.seek(0)
-            tail = self.stderr.read()[-2000:].decode(errors="replace")
+            tail = self.stderr_tail()
             self.stop()
             raise RuntimeError(f"{name} server did not start:\n{tail}")
         self.port = int(line)
 
-    def stop(self) -> None:
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-2000:].decode(errors="replace")
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         try:
@@ -202,13 +282,71 @@ class ServerProcess:
         self.stderr.close()
 
 
+class WorkersProcess:
+    """``shardws serve bench_handler:handler --workers N``: the supervisor, not pinned."""
+
+    def __init__(self, workers: int, deflate: bool) -> None:
+        self.dir = tempfile.TemporaryDirectory()
+        Path(self.dir.name, "bench_handler.py").write_text(
+            HANDLER.replace("import MODULE", "import shardws"))
+        with socket.socket() as probe:  # a free port: bind port 0, then release it
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+        env = server_env({})
+        env["PYTHONPATH"] = self.dir.name + os.pathsep + env["PYTHONPATH"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shardws", "serve", "bench_handler:handler",
+             "--workers", str(workers), "--host", "127.0.0.1", "--port", str(self.port),
+             "--compression", "deflate" if deflate else "none", "--ping-interval", "0",
+             "--control", "none", "--backlog", "4096", "--log-level", "warning"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
+            env=env, cwd=self.dir.name,
+        )
+        deadline = time.monotonic() + 30
+        while True:  # ready when every worker accepts: poll a few connections
+            try:
+                for _ in range(2 * workers):
+                    socket.create_connection(("127.0.0.1", self.port), 1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = self.stderr_tail()
+                    self.stop()
+                    raise RuntimeError(f"shardws serve did not start:\n{tail}") from None
+                time.sleep(0.05)
+
+    def pids(self) -> list[int]:
+        try:
+            me = psutil.Process(self.proc.pid)
+            return [self.proc.pid] + [c.pid for c in me.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-2000:].decode(errors="replace")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
+        self.dir.cleanup()
+
+
 # ------------------------------------------------------ the load generator
 
 MASK = b"\x37\xfa\x21\x3d"
+CLOSE_CODE = b"\x03\xe8"  # 1000
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame (RFC 6455 5.2, 5.3)."""
+    """A masked client frame, FIN set, RSV bits clear (RFC 6455 5.2, 5.3)."""
     n = len(payload)
     if n < 126:
         head = bytes([0x80 | opcode, 0x80 | n])
@@ -222,222 +360,564 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
 
 
 def server_frame_size(n: int) -> int:
+    """Bytes of an unmasked, uncompressed server frame carrying ``n`` bytes."""
     return n + (2 if n < 126 else 4 if n < 2**16 else 10)
 
 
-REQUEST = (
-    "GET /bench HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    f"Sec-WebSocket-Key: {base64.b64encode(b'benchmark-key-16').decode()}\r\n"
-    "Sec-WebSocket-Version: 13\r\n\r\n"
-).encode()
+CLOSE_FRAME = client_frame(0x8, CLOSE_CODE)
 
 
-class LoadClient(asyncio.Protocol):
-    """A raw WebSocket client that counts the bytes of the server's frames."""
+def payload(size: int) -> bytes:
+    """``size`` bytes of text-like data (words), the same every run: deflate gets real work."""
+    words = [b"alpha", b"bravo", b"shard", b"socket", b"42", b"frame", b"{", b'"id":', b"},"]
+    rnd = random.Random(size)
+    out = bytearray()
+    while len(out) < size:
+        out += rnd.choice(words) + b" "
+    return bytes(out[:size])
+
+
+def upgrade_request(deflate: bool) -> bytes:
+    ext = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if deflate else ""
+    return (
+        "GET /bench HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {base64.b64encode(b'benchmark-key-16').decode()}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{ext}\r\n"
+    ).encode()
+
+
+class FrameScanner:
+    """Counts complete server frames in a byte stream, across reads.
+
+    Keeps the bytes of a partial header (``partial``) and the bytes still to
+    come of the current frame (``skip``); reads only the 2-10 header bytes of
+    each frame (RFC 6455 5.2: the 7-bit length, or 126 + 16 bits, or
+    127 + 64 bits; server frames are unmasked).
+    """
+
+    __slots__ = ("partial", "skip")
 
     def __init__(self) -> None:
-        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.partial = b""
+        self.skip = 0
+
+    def feed(self, data: bytes) -> int:
+        """The number of frames that ``data`` completes."""
+        if self.partial:
+            data = self.partial + data
+            self.partial = b""
+        n = len(data)
+        i = self.skip
+        frames = 0
+        if i:
+            if i > n:
+                self.skip = i - n
+                return 0
+            frames = 1
+        while i + 2 <= n:
+            length = data[i + 1] & 0x7F
+            if length < 126:
+                end = i + 2 + length
+            elif length == 126:
+                if i + 4 > n:
+                    break
+                end = i + 4 + int.from_bytes(data[i + 2 : i + 4], "big")
+            else:
+                if i + 10 > n:
+                    break
+                end = i + 10 + int.from_bytes(data[i + 2 : i + 10], "big")
+            if end > n:
+                self.skip = end - n
+                return frames
+            frames += 1
+            i = end
+        self.skip = 0
+        if i < n:
+            self.partial = data[i:]
+        return frames
+
+
+class Client(asyncio.Protocol):
+    """A raw WebSocket (or, for ``bare``, TCP) load client.
+
+    Counts the server's complete frames in ``count``: by bytes when every
+    answer has ``answer`` bytes, else (``answer == 0``) with a FrameScanner.
+    Every ``per`` frames it writes ``chunk`` (``per == 0``: never), or calls
+    ``on_done(self)`` once if ``chunk`` is empty.
+    """
+
+    def __init__(self, request: bytes | None, answer: int) -> None:
+        self.request = request
+        self.answer = answer
+        self.scanner = None if answer else FrameScanner()
+        self.count = 0
+        self.pending = 0
+        self.per = 0
+        self.credit = 0
+        self.chunk = b""
+        self.on_done: Callable[[Client], None] | None = None
+        self.first = b""  # the first two bytes after the handshake (sanity check)
         self.head = b""
-        self.received = 0  # bytes of frames after the handshake
-        self.first = b""  # the first bytes after the handshake (sanity check)
-        self.keep = False  # keep what arrives in ``kept``
-        self.kept = bytearray()
-        self.on_data: object = None  # callable(client) or None
-        self.transport: asyncio.Transport | None = None
+        self.upgraded = request is None
+        self.extensions = ""
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
         self.transport = transport  # type: ignore[assignment]
-        transport.write(REQUEST)  # type: ignore[attr-defined]
+        if self.request is None:
+            self.opened.set_result(None)
+        else:
+            self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
-        if not self.opened.done():
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
+        if not self.upgraded:
+            data = self.handshake(data)
+            if not data:
                 return
-            if not self.head.startswith(b"HTTP/1.1 101"):
-                self.opened.set_exception(RuntimeError(self.head[:200].decode("latin-1")))
-                return
-            data = self.head[end + 4:]
-            self.opened.set_result(None)
-        if len(self.first) < 64:
-            self.first += data[: 64 - len(self.first)]
-        self.received += len(data)
-        if self.keep:
-            self.kept += data
-        if self.on_data is not None:
-            self.on_data(self)  # type: ignore[operator]
+        if not self.first:
+            self.first = data[:2]
+        if self.scanner is None:
+            total = self.pending + len(data)
+            done = total // self.answer
+            self.pending = total - done * self.answer
+        else:
+            done = self.scanner.feed(data)
+        if done:
+            self.count += done
+            per = self.per
+            if per:
+                credit = self.credit + done
+                if credit >= per:
+                    k = credit // per
+                    self.credit = credit - k * per
+                    if self.chunk:
+                        self.transport.write(self.chunk if k == 1 else self.chunk * k)
+                    else:
+                        self.per = 0
+                        self.on_done(self)  # type: ignore[misc]
+                else:
+                    self.credit = credit
+
+    def handshake(self, data: bytes) -> bytes:
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            return b""
+        head, rest = self.head[:end], self.head[end + 4 :]
+        self.head = b""
+        self.upgraded = True
+        if not head.startswith(b"HTTP/1.1 101"):
+            if not self.opened.done():
+                self.opened.set_exception(RuntimeError(head[:300].decode("latin-1")))
+            return b""
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"sec-websocket-extensions:"):
+                self.extensions = line.split(b":", 1)[1].strip().decode("latin-1")
+        self.opened.set_result(None)
+        return rest
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
         if not self.opened.done():
             self.opened.set_exception(ConnectionError("closed during the handshake"))
+        if not self.lost.done():
+            self.lost.set_result(None)
 
-    def send(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(client_frame(0x8, b"\x03\xe8"))
+    def close(self, websocket: bool) -> None:
+        """Start the closing handshake (the server closes TCP), or close TCP for ``bare``."""
+        self.per = 0
+        if self.transport.is_closing():
+            return
+        if websocket:
+            self.transport.write(CLOSE_FRAME)
+        else:
             self.transport.close()
 
 
-async def open_clients(port: int, n: int) -> list[LoadClient]:
-    loop = asyncio.get_running_loop()
-    clients: list[LoadClient] = []
-    for start in range(0, n, 100):  # in waves, so no listen backlog overflows
-        wave = [await_connect(loop, port) for _ in range(min(100, n - start))]
-        clients.extend(await asyncio.gather(*wave))
-    return clients
+class Control(asyncio.Protocol):
+    """One plain (uncompressed) connection that asks the server ``count``."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.listening = True
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(upgrade_request(False))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.listening:
+            return
+        self.buffer += data
+        if not self.upgraded:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                self.upgraded = True
+                del self.buffer[: end + 4]
+                self.opened.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed during the handshake"))
+
+    async def count(self) -> int:
+        self.buffer.clear()
+        self.transport.write(client_frame(0x1, b"count"))
+        deadline = time.monotonic() + 10
+        while len(self.buffer) < 2 or len(self.buffer) < 2 + (self.buffer[1] & 0x7F):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no answer to count")
+            await asyncio.sleep(0.002)
+        return int(self.buffer[2 : 2 + (self.buffer[1] & 0x7F)])
+
+    async def wait_registered(self, n: int, timeout: float = 60.0) -> None:
+        """Until the server's handlers hold ``n`` connections (this one included)."""
+        deadline = time.monotonic() + timeout
+        while await self.count() < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not register {n} connections")
+            await asyncio.sleep(0.02)
 
 
-async def await_connect(loop: asyncio.AbstractEventLoop, port: int) -> LoadClient:
-    _, client = await loop.create_connection(LoadClient, "127.0.0.1", port)
-    await asyncio.wait_for(client.opened, 30)
-    return client
+async def connect(port: int, factory: Callable[[], asyncio.Protocol]) -> Any:
+    _, protocol = await asyncio.get_running_loop().create_connection(factory, "127.0.0.1", port)
+    await asyncio.wait_for(protocol.opened, 30)  # type: ignore[attr-defined]
+    return protocol
 
 
-async def echo_rate(port: int, size: int, clients: int, seconds: float) -> float:
-    """Round trips per second with ``clients`` connections pipelining ``size``-byte messages."""
-    batch = 64 if size <= 256 else 8
-    depth = 2
-    frame = client_frame(0x2, bytes(range(256)) * (size // 256) + bytes(size % 256))
-    chunk = frame * batch
-    answer = server_frame_size(size)
-    chunk_answer = answer * batch
-    conns = await open_clients(port, clients)
+async def open_clients(port: int, n: int, request: bytes | None, answer: int) -> list[Client]:
+    """``n`` connections, at most 100 handshakes in flight (no listen backlog overflows)."""
+    gate = asyncio.Semaphore(100)
 
-    def on_data(c: LoadClient) -> None:
-        # one more batch out for every batch answered: depth batches in flight
-        while c.received >= c.answered_batches * chunk_answer + chunk_answer:  # type: ignore[attr-defined]
-            c.answered_batches += 1  # type: ignore[attr-defined]
-            c.send(chunk)
+    async def one() -> Client:
+        async with gate:
+            client: Client = await connect(port, lambda: Client(request, answer))
+            return client
 
-    for c in conns:
-        c.answered_batches = 0  # type: ignore[attr-defined]
-        c.on_data = on_data
-        for _ in range(depth):
-            c.send(chunk)
-    await asyncio.sleep(min(0.3, seconds / 3))  # warm-up
-    start_bytes, start = sum(c.received for c in conns), time.perf_counter()
-    await asyncio.sleep(seconds)
-    end_bytes, end = sum(c.received for c in conns), time.perf_counter()
-    expected = bytes([frame[0], frame[1] & 0x7F])  # the answer's header starts unmasked
-    for c in conns:
-        assert c.first[:2] == expected, (c.first[:16], expected)
-        c.on_data = None
-        c.close()
-    return (end_bytes - start_bytes) / answer / (end - start)
+    return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-async def broadcast_rate(port: int, rounds: int) -> float:
-    """Deliveries per second of ``rounds`` broadcasts of 32 B to BROADCAST_CONNECTIONS connections."""
-    conns = await open_clients(port, BROADCAST_CONNECTIONS)
-    controller = conns[0]
-    deadline = time.monotonic() + 30
-    controller.keep = True
-    while True:  # until the server's handlers registered every connection
-        controller.kept.clear()
-        controller.send(client_frame(0x1, b"count"))
-        kept = controller.kept
-        while len(kept) < 2 or len(kept) < 2 + (kept[1] & 0x7F):
-            await asyncio.sleep(0.005)
-        if int(kept[2 : 2 + (kept[1] & 0x7F)]) >= len(conns):
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not register every connection")
-        await asyncio.sleep(0.05)
-    controller.keep = False
-    base = {id(c): c.received for c in conns}
-    target = rounds * server_frame_size(32)
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    remaining = [len(conns)]
+async def close_clients(clients: list[Client], websocket: bool) -> None:
+    """Closing handshakes, then wait (2 s at most) for the server to close TCP."""
+    for c in clients:
+        c.close(websocket)
+    if websocket:
+        await asyncio.wait([c.lost for c in clients], timeout=2.0)
+    for c in clients:
+        c.transport.abort()
 
-    def on_data(c: LoadClient) -> None:
-        if c.received - base[id(c)] >= target and not getattr(c, "finished", False):
-            c.finished = True  # type: ignore[attr-defined]
+
+class Point:
+    """Context for one measured window: wall time, generator and server CPU."""
+
+    def __init__(self, server_pids: list[int]) -> None:
+        self.pids = server_pids
+
+    def __enter__(self) -> Point:
+        self.wall = time.perf_counter()
+        self.gen = time.process_time()
+        self.srv = process_cpu(self.pids)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.gen = (time.process_time() - self.gen) / self.wall * 100
+        self.srv = (process_cpu(self.pids) - self.srv) / self.wall * 100
+
+
+# test name: (clients, message size, frames per refill, refills in flight)
+ECHO_TESTS = {"rr32": (100, 32, 1, 1), "pipe32": (1, 32, 64, 2), "big16k": (10, 16384, 1, 1)}
+TESTS = ("rr32", "pipe32", "big16k", "broadcast", "handshake", "idle_rss")
+UNITS = {"rr32": "msg/s", "pipe32": "msg/s", "big16k": "msg/s", "broadcast": "deliveries/s",
+         "handshake": "handshakes/s", "idle_rss": "KiB/connection"}
+
+
+async def echo_rate(server: Any, test: str, websocket: bool, deflate: bool,
+                    cfg: argparse.Namespace) -> tuple[float, Point]:
+    n_clients, size, per, depth = ECHO_TESTS[test]
+    frame = client_frame(0x2, payload(size))
+    # bare echoes the masked frame as is; a WebSocket server answers unmasked,
+    # with a fixed size unless compressed (then: scan the headers)
+    answer = len(frame) if not websocket else 0 if deflate else server_frame_size(size)
+    request = upgrade_request(deflate) if websocket else None
+    clients = await open_clients(server.port, n_clients, request, answer)
+    if deflate and "permessage-deflate" not in clients[0].extensions:
+        await close_clients(clients, websocket)
+        raise RuntimeError(f"permessage-deflate not negotiated: {clients[0].extensions!r}")
+    chunk = frame * per
+    for c in clients:
+        c.per, c.chunk = per, chunk
+        c.transport.write(chunk * depth)
+    try:
+        await asyncio.sleep(cfg.warmup)
+        start = sum(c.count for c in clients)
+        with Point(server.pids()) as point:
+            await asyncio.sleep(cfg.seconds)
+            end = sum(c.count for c in clients)
+    finally:
+        await close_clients(clients, websocket)
+    expected = frame[:1] if not deflate else bytes([frame[0] | 0x40])
+    firsts = {c.first[:1] for c in clients}
+    if not firsts <= {frame[:1], expected}:
+        raise RuntimeError(f"unexpected answer {firsts} to {frame[:2]!r}")
+    return (end - start) / point.wall, point
+
+
+async def broadcast_rate(server: Any, deflate: bool, cfg: argparse.Namespace) -> tuple[float, Point]:
+    n = cfg.broadcast_connections
+    control: Control = await connect(server.port, Control)
+    clients = await open_clients(server.port, n, upgrade_request(deflate), 0 if deflate else 34)
+    try:
+        await control.wait_registered(n + 1)
+        control.listening = False
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        remaining = [n]
+
+        def finished(c: Client) -> None:
             remaining[0] -= 1
             if not remaining[0] and not done.done():
                 done.set_result(None)
 
-    for c in conns:
-        c.on_data = on_data
-    start = time.perf_counter()
-    controller.send(client_frame(0x1, f"bcast:{rounds}:32".encode()))
-    await asyncio.wait_for(done, 60)
-    elapsed = time.perf_counter() - start
-    for c in conns:
-        c.on_data = None
-        c.close()
-    return len(conns) * rounds / elapsed
+        for c in clients:
+            c.count = c.credit = 0
+            c.per, c.chunk, c.on_done = cfg.rounds, b"", finished
+        with Point(server.pids()) as point:
+            control.transport.write(client_frame(0x1, f"bcast:{cfg.rounds}:32".encode()))
+            await asyncio.wait_for(done, 120)
+    finally:
+        await close_clients(clients, True)
+        control.transport.abort()
+    return n * cfg.rounds / point.wall, point
+
+
+class Upgrader(asyncio.Protocol):
+    """One handshake: upgrade, send a close frame, close TCP once the server answers it."""
+
+    def __init__(self, request: bytes, done: asyncio.Future[bool]) -> None:
+        self.request = request
+        self.done = done
+        self.upgraded = False
+        self.head = b""
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded:  # the server's close frame: the closing handshake is complete
+            self.transport.close()
+            return
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        self.upgraded = self.head.startswith(b"HTTP/1.1 101")
+        if not self.upgraded:
+            self.transport.close()
+            return
+        self.transport.write(CLOSE_FRAME)
+        if len(self.head) > end + 4:  # the close frame came with the 101
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(self.upgraded)
+
+
+async def handshake_rate(server: Any, deflate: bool, cfg: argparse.Namespace) -> tuple[float, Point]:
+    loop = asyncio.get_running_loop()
+    request = upgrade_request(deflate)
+    counted = [0, 0]  # upgrades, failures
+    stop = [False]
+
+    async def worker() -> None:
+        while not stop[0]:
+            done: asyncio.Future[bool] = loop.create_future()
+            await loop.create_connection(lambda d=done: Upgrader(request, d), "127.0.0.1", server.port)
+            ok = await asyncio.wait_for(done, 10)
+            counted[0 if ok else 1] += 1
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(cfg.handshake_loops)]
+    try:
+        await asyncio.sleep(cfg.warmup)
+        start = counted[0]
+        with Point(server.pids()) as point:
+            await asyncio.sleep(cfg.seconds)
+            end = counted[0]
+    finally:
+        stop[0] = True
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors or counted[1]:
+        raise RuntimeError(f"{counted[1]} failed upgrades; {errors[:1]}")
+    return (end - start) / point.wall, point
+
+
+async def idle_rss(name: str, cpu: int, deflate: bool, cfg: argparse.Namespace) -> tuple[float, Point]:
+    """KiB of server RSS per idle connection, on a fresh server process."""
+    server = ServerProcess(name, cpu, deflate)
+    clients: list[Client] = []
+    try:
+        control: Control = await connect(server.port, Control)
+        await control.wait_registered(1)
+        with Point(server.pids()) as point:
+            before = server.rss_kib()
+            clients = await open_clients(server.port, cfg.idle_connections,
+                                         upgrade_request(deflate), 0)
+            await control.wait_registered(cfg.idle_connections + 1)
+            after = server.rss_kib()
+        if deflate and "permessage-deflate" not in clients[0].extensions:
+            raise RuntimeError(f"permessage-deflate not negotiated: {clients[0].extensions!r}")
+    finally:
+        server.stop(kill=True)
+        for c in clients:
+            c.transport.abort()
+        await asyncio.sleep(0.05)  # let the loop close their sockets
+    return (after - before) / cfg.idle_connections, point
 
 
 # ----------------------------------------------------------------- driver
 
 
-@dataclass
-class Result:
-    server: str
-    echo32: float
-    echo4k: float
-    broadcast: float
+def applies(server: str, test: str, deflate: bool) -> bool:
+    """Whether ``test`` is measured for ``server`` (a '-' in the table otherwise)."""
+    if server.startswith("shardws-w"):
+        return test not in ("broadcast", "idle_rss")
+    _, _, speaks_deflate, websocket = SERVERS[server]
+    if deflate and not speaks_deflate:
+        return False
+    return websocket or test in ECHO_TESTS
 
 
-def available() -> list[str]:
-    names = ["shardws", "websockets", "aiohttp"]
-    if importlib.util.find_spec("picows") is not None:
-        names.append("picows")
-    return names
+async def measure(cfg: argparse.Namespace, cpus: tuple[int, int]) -> list[dict[str, Any]]:
+    """Every point of every pass: each pass measures every server in turn, test by test.
 
-
-async def measure(names: list[str], cpu: int, args: argparse.Namespace) -> list[Result]:
-    """Best of ``args.repeat`` passes; each pass measures every server in turn.
-
-    All the servers run for the whole measurement (an idle one costs
-    nothing), so a burst of load from other jobs on a shared machine spoils
-    one pass of each server rather than every pass of one server.
+    The long-lived servers (one per server and mode) run for the whole
+    measurement (an idle one costs nothing), so a burst of load from other
+    jobs on a shared machine spoils one pass of each server rather than
+    every pass of one server. ``idle_rss`` starts a fresh server each time.
     """
-    points = ("echo32", "echo4k", "broadcast")
-    rates = {name: {k: [] for k in points} for name in names}  # type: ignore[var-annotated]
-    servers: dict[str, ServerProcess] = {}
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    modes = [m for m in (False, True) if m in cfg.modes]
+    points: list[dict[str, Any]] = []
+    servers: dict[tuple[str, bool], Any] = {}
     try:
-        for name in names:
-            servers[name] = ServerProcess(name, cpu)
-        for n in range(args.repeat):
-            for name in names:
-                port, r = servers[name].port, rates[name]
-                r["echo32"].append(await echo_rate(port, 32, args.clients, args.seconds))
-                r["echo4k"].append(await echo_rate(port, 4096, args.clients, args.seconds))
-                r["broadcast"].append(await broadcast_rate(port, args.rounds))
-                print(f"pass {n + 1}: {name:10s} " + "  ".join(
-                    f"{k} {r[k][-1]:12,.0f}/s" for k in points), flush=True)
+        for deflate in modes:
+            for name in cfg.servers:
+                if any(applies(name, t, deflate) for t in cfg.tests if t != "idle_rss"):
+                    if name.startswith("shardws-w"):
+                        servers[name, deflate] = WorkersProcess(cfg.workers, deflate)
+                    else:
+                        servers[name, deflate] = ServerProcess(name, cpus[0], deflate)
+        for n in range(cfg.repeat):
+            for deflate in modes:
+                for test in cfg.tests:
+                    for name in cfg.servers:
+                        if not applies(name, test, deflate):
+                            continue
+                        row = {"pass": n + 1, "test": test, "deflate": deflate, "server": name,
+                               "unit": UNITS[test]}
+                        try:
+                            if test == "idle_rss":
+                                value, point = await idle_rss(name, cpus[0], deflate, cfg)
+                            else:
+                                server = servers[name, deflate]
+                                websocket = name.startswith("shardws-w") or SERVERS[name][3]
+                                if test in ECHO_TESTS:
+                                    value, point = await echo_rate(server, test, websocket, deflate, cfg)
+                                elif test == "broadcast":
+                                    value, point = await broadcast_rate(server, deflate, cfg)
+                                else:
+                                    value, point = await handshake_rate(server, deflate, cfg)
+                            row.update(value=value, seconds=round(point.wall, 3),
+                                       generator_cpu=round(point.gen, 1), server_cpu=round(point.srv, 1))
+                            shown = f"{value:12,.1f}" if test == "idle_rss" else f"{value:12,.0f}"
+                            print(f"pass {n + 1}  {label(test, deflate):18s} {name:13s} {shown} "
+                                  f"{UNITS[test]:15s} generator CPU {point.gen:5.1f} %  "
+                                  f"server CPU {point.srv:5.1f} %", flush=True)
+                        except Exception as exc:  # one broken point does not spoil the run
+                            row.update(value=None, error=repr(exc)[:500])
+                            print(f"pass {n + 1}  {label(test, deflate):18s} {name:13s} FAILED: "
+                                  f"{exc!r}"[:300], flush=True)
+                        points.append(row)
     finally:
         for server in servers.values():
             server.stop()
-    return [Result(name, *(max(rates[name][k]) for k in points)) for name in names]
+    return points
 
 
-def table(results: list[Result], args: argparse.Namespace, cpus: tuple[int, int]) -> str:
-    ours = next(r for r in results if r.server == "shardws")
+def label(test: str, deflate: bool) -> str:
+    return test + (" +deflate" if deflate else "")
+
+
+def medians(points: list[dict[str, Any]], key: str = "value") -> dict[tuple[str, bool, str], float]:
+    values: dict[tuple[str, bool, str], list[float]] = {}
+    for p in points:
+        if p.get(key) is not None:
+            values.setdefault((p["test"], p["deflate"], p["server"]), []).append(p[key])
+    return {k: statistics.median(v) for k, v in values.items()}
+
+
+def fmt(test: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if test == "idle_rss" else f"{value:,.0f}"
+
+
+def table(points: list[dict[str, Any]], cfg: argparse.Namespace, cpus: tuple[int, int]) -> str:
+    med = medians(points)
+    gen, srv = medians(points, "generator_cpu"), medians(points, "server_cpu")
+    modes = [m for m in (False, True) if m in cfg.modes]
+    rows = [(t, d) for d in modes for t in cfg.tests]
+    names = cfg.servers
+    pinned = f"server pinned to CPU {cpus[0]}" + (
+        f" (shardws-w{cfg.workers}: supervisor and workers not pinned)" if cfg.workers else "")
     lines = [
-        f"Python {sys.version.split()[0]}, uvloop, server pinned to CPU {cpus[0]}, load generator "
-        f"to CPU {cpus[1]}; echo: {args.clients} connections, {args.seconds:g} s per point; "
-        f"broadcast: {BROADCAST_CONNECTIONS} connections x {args.rounds} rounds of 32 B; "
-        f"best of {args.repeat}; load average before the run {args.load[0]:.2f}, "
-        f"after {args.load[1]:.2f} ({os.cpu_count()} CPUs).",
+        f"Python {sys.version.split()[0]}, uvloop, {pinned}, load generator pinned to CPU "
+        f"{cpus[1]} ({os.cpu_count()} CPUs); {cfg.seconds:g} s per rate point after "
+        f"{cfg.warmup:g} s of warm-up; broadcast {cfg.broadcast_connections} connections x "
+        f"{cfg.rounds} rounds of 32 B; handshake {cfg.handshake_loops} loops; idle_rss "
+        f"{cfg.idle_connections} connections; median of {cfg.repeat} pass(es); load average "
+        f"before the run {cfg.load[0]:.2f}, after {cfg.load[1]:.2f}; {cfg.elapsed:.0f} s in all.",
         "",
-        "| server | echo 32 B (msg/s) | echo 4 KiB (msg/s) | broadcast (deliveries/s) "
-        "| shardws / it (32 B, 4 KiB, broadcast) |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "| test | unit | " + " | ".join(names) + " |",
+        "| --- | --- |" + " ---: |" * len(names),
     ]
-    for r in results:
-        ratio = ", ".join(f"{getattr(ours, k) / getattr(r, k):.2f}x"
-                          for k in ("echo32", "echo4k", "broadcast"))
-        lines.append(f"| {r.server} | {r.echo32:,.0f} | {r.echo4k:,.0f} | {r.broadcast:,.0f} "
-                     f"| {'-' if r is ours else ratio} |")
+    for t, d in rows:
+        cells = [fmt(t, med.get((t, d, s))) for s in names]
+        lines.append(f"| {label(t, d)} | {UNITS[t]} | " + " | ".join(cells) + " |")
+    ours = [s for s in names if s.startswith("shardws")]
+    peers = [p for p in PEERS if p in names]
+    if ours and peers:
+        cols = [f"{s} / {p}" for s in ours for p in peers]
+        lines += ["", "shardws as a ratio to the peers, same run (for idle_rss lower is better):", "",
+                  "| test | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
+        for t, d in rows:
+            cells = []
+            for s in ours:
+                for p in peers:
+                    a, b = med.get((t, d, s)), med.get((t, d, p))
+                    cells.append(f"{a / b:.2f}x" if a is not None and b else "-")
+            lines.append(f"| {label(t, d)} | " + " | ".join(cells) + " |")
+    lines += ["", "CPU use during each point, load generator % / server % (median; 100 % = one "
+              "core; idle_rss: during the opening of the connections):", "",
+              "| test | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for t, d in rows:
+        cells = [f"{gen[t, d, s]:.0f} / {srv[t, d, s]:.0f}" if (t, d, s) in gen else "-"
+                 for s in names]
+        lines.append(f"| {label(t, d)} | " + " | ".join(cells) + " |")
+    failed = [p for p in points if p.get("error")]
+    if failed:
+        lines += ["", f"{len(failed)} point(s) failed, e.g. {failed[0]['server']} "
+                  f"{label(failed[0]['test'], failed[0]['deflate'])}: {failed[0]['error'][:200]}"]
     return "\n".join(lines)
 
 
@@ -449,28 +929,59 @@ def write_docs(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short run (under 30 s)")
-    parser.add_argument("--clients", type=int, default=10, help="echo connections")
-    parser.add_argument("--servers", default=",".join(available()),
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 pass of short points (under 2 minutes)")
+    parser.add_argument("--repeat", type=int, help="passes; the tables show the median (default 3)")
+    parser.add_argument("--servers", default="bare,shardws,shardws-pure,websockets,picows,aiohttp",
                         help="comma-separated subset of: " + ", ".join(SERVERS))
-    parser.add_argument("--write", type=Path, help="put the table into this markdown file")
-    args = parser.parse_args(argv)
-    args.seconds, args.rounds, args.repeat = (0.8, 40, 1) if args.quick else (2.0, 200, 3)
+    parser.add_argument("--tests", default=",".join(TESTS),
+                        help="comma-separated subset of: " + ", ".join(TESTS))
+    parser.add_argument("--modes", default="plain,deflate",
+                        help="plain (no compression), deflate (permessage-deflate), or both")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also measure `shardws serve --workers N` (server shardws-wN)")
+    parser.add_argument("--seconds", type=float, help="measuring window of a rate point")
+    parser.add_argument("--json", type=Path, default=ROOT / "reports" / "bench.json",
+                        help="raw results (default reports/bench.json)")
+    parser.add_argument("--write", type=Path, help="put the tables into this markdown file")
+    cfg = parser.parse_args(argv)
+    quick = cfg.quick
+    cfg.repeat = cfg.repeat or (1 if quick else 3)
+    cfg.seconds = cfg.seconds or (0.6 if quick else 1.5)
+    cfg.warmup = 0.2 if quick else 0.3
+    cfg.rounds = 40 if quick else 100
+    cfg.broadcast_connections = 1000
+    cfg.handshake_loops = 50
+    cfg.idle_connections = 5000
+    cfg.servers = [s for s in cfg.servers.split(",") if s]
+    if cfg.workers:
+        cfg.servers.append(f"shardws-w{cfg.workers}")
+    cfg.tests = [t for t in cfg.tests.split(",") if t]
+    cfg.modes = {m == "deflate" for m in cfg.modes.split(",")}
+    unknown = [s for s in cfg.servers if s not in SERVERS and not s.startswith("shardws-w")]
+    unknown += [t for t in cfg.tests if t not in TESTS]
+    if unknown:
+        parser.error(f"unknown server or test: {', '.join(unknown)}")
 
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, load_cpu = cpus[0], cpus[1 % len(cpus)]
     os.sched_setaffinity(0, {load_cpu})
     import uvloop
 
-    load_before = os.getloadavg()[0]
-    results = uvloop.run(measure(args.servers.split(","), server_cpu, args))
-    args.load = (load_before, os.getloadavg()[0])
-    text = table(results, args, (server_cpu, load_cpu))
+    load_before, started = os.getloadavg()[0], time.monotonic()
+    points = uvloop.run(measure(cfg, (server_cpu, load_cpu)))
+    cfg.load, cfg.elapsed = (load_before, os.getloadavg()[0]), time.monotonic() - started
+    text = table(points, cfg, (server_cpu, load_cpu))
     print()
     print(text)
-    if args.write:
-        write_docs(args.write, text)
+    cfg.json.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: v for k, v in vars(cfg).items() if k not in ("json", "write", "modes")}
+    meta.update(modes=sorted("deflate" if m else "plain" for m in cfg.modes), cpus=[server_cpu, load_cpu],
+                python=sys.version.split()[0], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    cfg.json.write_text(json.dumps({"meta": meta, "points": points}, indent=1) + "\n")
+    print(f"\nraw results: {cfg.json}")
+    if cfg.write:
+        write_docs(cfg.write, text)
     return 0
 
 
