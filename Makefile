@@ -6,7 +6,7 @@ SHARED    ?= $(abspath ../shared)
 ABV       ?= /tmp/abv
 STAMP     := $(VENV)/.installed-dev
 
-.PHONY: all install test lint typecheck pytest autobahn-quick conformance run bench bench-protocol bench-bus clean
+.PHONY: all install test lint typecheck pytest autobahn-quick conformance run bench bench-protocol bench-bus clean loadtest
 
 all: test
 
@@ -21,7 +21,7 @@ $(STAMP): $(VPY) pyproject.toml setup.py shardws/_speedups.c
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check shardws tests scripts examples compliance
+	$(VENV)/bin/ruff check shardws tests scripts examples compliance loadtests
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy shardws
@@ -74,6 +74,24 @@ bench: $(VENV)/.installed-bench
 bench-bus: $(STAMP)
 	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
 	$(VPY) scripts/bench_bus.py
+
+# Locust against `shardws serve examples.app:handler` (workers: the CPU count), reports in
+# loadtests/reports/; fails on any failure or when the p99 is above MAX_P99_MS (if given).
+#   make loadtest USERS=2000 TIME=5m SCENARIO=chat MAX_P99_MS=50 WORKERS=4 LOCUST_ARGS='--room-size 20'
+USERS      ?= 500
+SPAWN_RATE ?= 100
+TIME       ?= 60s
+SCENARIO   ?= echo
+LOADTEST_STAMP := $(VENV)/.installed-loadtest
+
+$(LOADTEST_STAMP): $(STAMP)
+	$(VPY) -m pip install -q -e '.[loadtest]'
+	@touch $(LOADTEST_STAMP)
+
+loadtest: $(LOADTEST_STAMP)
+	$(VPY) scripts/loadtest.py --users $(USERS) --spawn-rate $(SPAWN_RATE) --time $(TIME) \
+	  --scenario $(SCENARIO) $(if $(WORKERS),--workers $(WORKERS)) \
+	  $(if $(MAX_P99_MS),--max-p99-ms $(MAX_P99_MS)) $(LOCUST_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .coverage .coverage.* htmlcov .mypy_cache .ruff_cache .pytest_cache reports
