@@ -944,7 +944,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "reports" / "bench.json",
                         help="raw results (default reports/bench.json)")
     parser.add_argument("--write", type=Path, help="put the tables into this markdown file")
+    parser.add_argument("--table-from", type=Path, metavar="JSON",
+                        help="measure nothing: print (and --write) the tables of an earlier --json file")
     cfg = parser.parse_args(argv)
+    if cfg.table_from:
+        data = json.loads(cfg.table_from.read_text())
+        vars(cfg).update(data["meta"], table_from=cfg.table_from, write=cfg.write)
+        cfg.modes = {m == "deflate" for m in data["meta"]["modes"]}
+        text = table(data["points"], cfg, tuple(cfg.cpus))  # type: ignore[arg-type]
+        print(text)
+        if cfg.write:
+            write_docs(cfg.write, text)
+        return 0
     quick = cfg.quick
     cfg.repeat = cfg.repeat or (1 if quick else 3)
     cfg.seconds = cfg.seconds or (0.6 if quick else 1.5)
@@ -975,10 +986,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     cfg.json.parent.mkdir(parents=True, exist_ok=True)
-    meta = {k: v for k, v in vars(cfg).items() if k not in ("json", "write", "modes")}
+    meta = {k: v for k, v in vars(cfg).items() if k not in ("json", "write", "modes", "table_from")}
     meta.update(modes=sorted("deflate" if m else "plain" for m in cfg.modes), cpus=[server_cpu, load_cpu],
                 python=sys.version.split()[0], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    cfg.json.write_text(json.dumps({"meta": meta, "points": points}, indent=1) + "\n")
+    median = [{"test": t, "deflate": d, "server": s, "value": v}
+              for (t, d, s), v in medians(points).items()]
+    cfg.json.write_text(json.dumps({"meta": meta, "median": median, "points": points}, indent=1) + "\n")
     print(f"\nraw results: {cfg.json}")
     if cfg.write:
         write_docs(cfg.write, text)
