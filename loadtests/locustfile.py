@@ -30,8 +30,10 @@ connect         TCP connect + opening handshake
 echo            send -> the echo came back (``echo`` and ``churn``)
 join            ``/join ROOM`` sent -> ``joined ROOM`` received
 chat fanout     ``/say`` sent (the publisher's clock) -> received by a member;
-                one entry per member and message. A member that sees a gap in
-                a publisher's sequence numbers records a failure (lost messages)
+(same worker)   one entry per member and message, split by whether publisher
+(other worker)  and member are on the same worker or the message crossed the
+                bus. A member that sees a gap in a publisher's sequence
+                numbers records a failure (lost messages) under ``chat fanout``
 close           close frame sent -> the server's close frame received
 receive         (failures only) the chat reader lost its connection
 ==============  ==============================================================
@@ -298,9 +300,10 @@ class ChurnUser(WebSocketUser):
 class ChatUser(WebSocketUser):
     """``chat``: a member of one room; says something now and then, hears everyone.
 
-    A message is ``/say ROOM USER SEQ SENT_AT`` (``time.time()`` of the
-    publisher: load generator and server share the host clock); it comes back
-    to every member as ``[ROOM] USER SEQ SENT_AT``. A reader greenlet takes
+    A message is ``/say ROOM USER SEQ SENT_AT WORKER`` (``time.time()`` of
+    the publisher: load generator and server share the host clock; WORKER:
+    the publisher's worker, from ``joined ROOM on worker N``); it comes back
+    to every member as ``[ROOM] USER SEQ SENT_AT WORKER``. A reader greenlet takes
     everything the connection receives.
     """
 
@@ -314,6 +317,7 @@ class ChatUser(WebSocketUser):
         self.prefix = f"[{self.room}] "
         self.seq = 0
         self.last_seen: dict[str, int] = {}
+        self.worker = "?"  # the worker holding our connection, from "joined ROOM on worker N"
         self.reader: gevent.Greenlet | None = None
 
     def join(self) -> websocket.WebSocket | None:
@@ -324,19 +328,23 @@ class ChatUser(WebSocketUser):
         start = time.perf_counter()
         try:
             ws.send(f"/join {self.room}")
+            early = []  # room messages that were faster than our "joined"
             while True:
                 message = receive(ws)
                 if isinstance(message, str) and message.startswith(self.prefix):
-                    self.heard(message)  # a member was faster than our "joined"
+                    early.append(message)
                     continue
                 if not (isinstance(message, str) and message.startswith(f"joined {self.room} ")):
                     raise UnexpectedReply(f"expected 'joined', got {str(message)[:60]!r}")
+                self.worker = message.rsplit(" ", 1)[-1]
                 break
         except Exception as exc:
             self.report("join", start, exception=exc)
             self.drop()
             return None
         self.report("join", start, len(message))
+        for message in early:
+            self.heard(message)
         ws.settimeout(None)  # a quiet room is not a failure; the reader waits as long as it takes
         self.reader = gevent.spawn(self.read, ws)
         return ws
@@ -359,7 +367,7 @@ class ChatUser(WebSocketUser):
     def heard(self, message: str) -> None:
         now = time.time()
         try:
-            user, seq_text, sent_text = message[len(self.prefix):].split(" ")
+            user, seq_text, sent_text, worker = message[len(self.prefix):].split(" ")
             seq, sent_at = int(seq_text), float(sent_text)
         except ValueError:
             self.report("chat fanout", time.perf_counter(),
@@ -371,7 +379,8 @@ class ChatUser(WebSocketUser):
             self.report("chat fanout", time.perf_counter(), response_time=0.0, exception=MessagesLost(
                 f"{seq - last - 1} messages of one publisher lost" if seq > last + 1
                 else "a publisher's messages arrived out of order"))
-        self.report("chat fanout", 0.0, len(message), response_time=max(0.0, (now - sent_at) * 1000))
+        name = "chat fanout (same worker)" if worker == self.worker else "chat fanout (other worker)"
+        self.report(name, 0.0, len(message), response_time=max(0.0, (now - sent_at) * 1000))
 
     @task
     def say(self) -> None:
@@ -380,7 +389,7 @@ class ChatUser(WebSocketUser):
             return
         self.seq += 1
         try:
-            ws.send(f"/say {self.room} {self.user_id} {self.seq} {time.time():.6f}")
+            ws.send(f"/say {self.room} {self.user_id} {self.seq} {time.time():.6f} {self.worker}")
         except Exception as exc:
             self.report("say", time.perf_counter(), exception=exc)
             self.drop()

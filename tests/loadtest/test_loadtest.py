@@ -70,8 +70,10 @@ def test_mixed_load_test_passes_and_writes_the_reports(tmp_path: Path) -> None:
     total = rows["Aggregated"]
     assert int(total["Request Count"]) > 0, out
     assert int(total["Failure Count"]) == 0, out
-    # every scenario ran: echo (echo), chat (join, chat fanout), churn (connect, echo, close)
-    for name in ("connect", "echo", "join", "chat fanout", "close"):
+    # every scenario ran: echo (echo), chat (join, fan-out inside a worker and across the bus),
+    # churn (connect, echo, close)
+    for name in ("connect", "echo", "join", "chat fanout (same worker)", "chat fanout (other worker)",
+                 "close"):
         assert int(rows[name]["Request Count"]) > 0, (name, out)
     assert (tmp_path / "mix.html").stat().st_size > 0
     report = json.loads((tmp_path / "mix_workers.json").read_text())
