@@ -184,7 +184,11 @@ class WebSocketUser(User):
         )
 
     def connect(self) -> websocket.WebSocket | None:
-        """Open ``self.ws`` and read the greeting; None (failure reported) if that fails."""
+        """Open ``self.ws`` and read the greeting; None (failure reported) if that fails.
+
+        ``connect`` times the TCP connect and the opening handshake; it is a
+        failure when the greeting does not follow.
+        """
         start = time.perf_counter()
         try:
             ws = websocket.create_connection(self.host, timeout=self.timeout,
@@ -192,7 +196,7 @@ class WebSocketUser(User):
         except Exception as exc:
             self.report("connect", start, exception=exc)
             return None
-        self.report("connect", start)
+        handshake_ms = (time.perf_counter() - start) * 1000
         try:
             greeting = receive(ws)
         except Exception as exc:
@@ -200,6 +204,7 @@ class WebSocketUser(User):
             ws.abort()
             ws.shutdown()
             return None
+        self.report("connect", start, response_time=handshake_ms)
         self.greeting = greeting if isinstance(greeting, str) else ""
         self.ws = ws
         return ws
