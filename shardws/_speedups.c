@@ -10,6 +10,8 @@
  *   parse_header(buf, offset, /) -> tuple | None
  *   scan_frames(buf, offset, require_mask, max_size, rsv1_allowed, /)
  *       -> (list[tuple[int, bytes, bool, bool]], int)
+ *   scan_messages(buf, offset, require_mask, max_size, /)
+ *       -> (list[str | bytes], int)
  *
  * RFC 6455 section 5.3: "octet i of the transformed data
  * ("transformed-octet-i") is the XOR of octet i of the original data
@@ -378,6 +380,35 @@ incomplete:
     Py_RETURN_NONE;
 }
 
+/* max_size: None (unbounded) or an integer; a huge one is unbounded, a
+ * negative one is below every length. */
+static int
+get_max_size(PyObject *obj, long long *max_size, int *unbounded)
+{
+    int overflow = 0;
+    PyObject *index;
+
+    *unbounded = obj == Py_None;
+    *max_size = 0;
+    if (*unbounded) {
+        return 0;
+    }
+    index = PyNumber_Index(obj);
+    if (index == NULL) {
+        return -1;
+    }
+    *max_size = PyLong_AsLongLongAndOverflow(index, &overflow);
+    Py_DECREF(index);
+    if (*max_size == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow > 0) {
+        *unbounded = 1; /* above any length a frame can declare */
+    }
+    /* overflow < 0: max_size stays -1, below every length */
+    return 0;
+}
+
 PyDoc_STRVAR(scan_frames_doc,
 "scan_frames(buf, offset, require_mask, max_size, rsv1_allowed, /)\n"
 "    -> (list[tuple[int, bytes, bool, bool]], int)\n\n"
@@ -398,7 +429,7 @@ scan_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer buf;
     Py_ssize_t pos, end;
-    int require_mask, rsv1_allowed, overflow = 0;
+    int require_mask, rsv1_allowed;
     long long max_size = 0;
     int unbounded;
     const uint8_t *base;
@@ -416,21 +447,8 @@ scan_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if ((require_mask = PyObject_IsTrue(args[2])) < 0) {
         goto error;
     }
-    unbounded = args[3] == Py_None;
-    if (!unbounded) {
-        PyObject *index = PyNumber_Index(args[3]);
-        if (index == NULL) {
-            goto error;
-        }
-        max_size = PyLong_AsLongLongAndOverflow(index, &overflow);
-        Py_DECREF(index);
-        if (max_size == -1 && PyErr_Occurred()) {
-            goto error;
-        }
-        if (overflow > 0) {
-            unbounded = 1; /* above any length a frame can declare */
-        }
-        /* overflow < 0: max_size stays -1, below every length */
+    if (get_max_size(args[3], &max_size, &unbounded) < 0) {
+        goto error;
     }
     if ((rsv1_allowed = PyObject_IsTrue(args[4])) < 0) {
         goto error;
@@ -514,6 +532,138 @@ error:
     return NULL;
 }
 
+PyDoc_STRVAR(scan_messages_doc,
+"scan_messages(buf, offset, require_mask, max_size, /)\n"
+"    -> (list[str | bytes], int)\n\n"
+"Decode the run of complete frames starting at buf[offset] that are each\n"
+"a whole uncompressed message -- FIN set, RSV1-3 clear, opcode text or\n"
+"binary, mask bit == require_mask, payload <= max_size (None =\n"
+"unbounded), and for text valid UTF-8 -- into str (text) and bytes\n"
+"(binary), payloads unmasked, and return them with the offset after the\n"
+"last one. The scan stops BEFORE the first other frame (incomplete,\n"
+"fragmented, compressed, control, or breaking a rule) and never raises for\n"
+"the peer's faults. Raises ValueError for an offset outside [0, len(buf)].");
+
+/* Payloads up to this size are unmasked on the stack before decoding text. */
+#define SCAN_STACK 512
+
+static PyObject *
+scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer buf;
+    Py_ssize_t pos, end;
+    int require_mask, unbounded;
+    long long max_size = 0;
+    const uint8_t *base;
+    uint8_t stack[SCAN_STACK];
+    uint8_t want_mask;
+    PyObject *messages = NULL, *result;
+
+    if (check_nargs("scan_messages", nargs, 4, 4) < 0) {
+        return NULL;
+    }
+    if (get_bytes_view(args[0], &buf, "scan_messages", "buf", 0) < 0) {
+        return NULL;
+    }
+    if (get_offset(args[1], buf.len, &pos) < 0) {
+        goto error;
+    }
+    if ((require_mask = PyObject_IsTrue(args[2])) < 0) {
+        goto error;
+    }
+    if (get_max_size(args[3], &max_size, &unbounded) < 0) {
+        goto error;
+    }
+    messages = PyList_New(0);
+    if (messages == NULL) {
+        goto error;
+    }
+    want_mask = require_mask ? 0x80 : 0;
+    base = (const uint8_t *)buf.buf;
+    end = buf.len;
+    while (end - pos >= 2) {
+        const uint8_t *p = base + pos;
+        uint8_t b0 = p[0], b1 = p[1];
+        Py_ssize_t header = 2, avail = end - pos;
+        uint64_t length = b1 & 0x7f;
+        PyObject *message;
+
+        /* A whole text (0x81) or binary (0x82) message in one frame, else stop. */
+        if ((b0 != 0x81 && b0 != 0x82) || (b1 & 0x80) != want_mask) break;
+        if (length == 126) {
+            if (avail < 4) break;
+            length = ((uint64_t)p[2] << 8) | p[3];
+            header = 4;
+        }
+        else if (length == 127) {
+            if (avail < 10) break;
+            length = 0;
+            for (int i = 2; i < 10; i++) {
+                length = (length << 8) | p[i];
+            }
+            if (length >> 63) break;
+            header = 10;
+        }
+        if (!unbounded && (long long)length > max_size) break;
+        if (require_mask) {
+            header += 4;
+        }
+        if (avail < header || (uint64_t)(avail - header) < length) break;
+
+        if (b0 == 0x82) {
+            message = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+            if (message == NULL) {
+                goto error;
+            }
+            if (require_mask) {
+                do_mask(p + header, (uint8_t *)PyBytes_AS_STRING(message),
+                        (Py_ssize_t)length, p + header - 4);
+            }
+            else {
+                memcpy(PyBytes_AS_STRING(message), p + header, (size_t)length);
+            }
+        }
+        else if (!require_mask) {
+            message = PyUnicode_DecodeUTF8((const char *)p + header, (Py_ssize_t)length, NULL);
+        }
+        else if (length <= SCAN_STACK) {
+            do_mask(p + header, stack, (Py_ssize_t)length, p + header - 4);
+            message = PyUnicode_DecodeUTF8((const char *)stack, (Py_ssize_t)length, NULL);
+        }
+        else {
+            PyObject *raw = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+            if (raw == NULL) {
+                goto error;
+            }
+            do_mask(p + header, (uint8_t *)PyBytes_AS_STRING(raw), (Py_ssize_t)length,
+                    p + header - 4);
+            message = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(raw), (Py_ssize_t)length, NULL);
+            Py_DECREF(raw);
+        }
+        if (message == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                goto error;
+            }
+            PyErr_Clear(); /* invalid UTF-8: the frame parser reports it */
+            break;
+        }
+        if (PyList_Append(messages, message) < 0) {
+            Py_DECREF(message);
+            goto error;
+        }
+        Py_DECREF(message);
+        pos += header + (Py_ssize_t)length;
+    }
+    PyBuffer_Release(&buf);
+    result = Py_BuildValue("(Nn)", messages, pos);
+    return result;
+
+error:
+    Py_XDECREF(messages);
+    PyBuffer_Release(&buf);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL, apply_mask_doc},
     {"unmask_inplace", (PyCFunction)(void (*)(void))unmask_inplace, METH_FASTCALL,
@@ -521,6 +671,8 @@ static PyMethodDef speedups_methods[] = {
     {"parse_header", (PyCFunction)(void (*)(void))parse_header, METH_FASTCALL,
      parse_header_doc},
     {"scan_frames", (PyCFunction)(void (*)(void))scan_frames, METH_FASTCALL, scan_frames_doc},
+    {"scan_messages", (PyCFunction)(void (*)(void))scan_messages, METH_FASTCALL,
+     scan_messages_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,6 +22,10 @@ made when this module is imported.
 ``scan_frames``      ``(buf, offset, require_mask, max_size, rsv1_allowed, /)
                      -> (frames, end)``: decode every complete valid frame
                      in a row (see :func:`py_scan_frames`)
+``scan_messages``    ``(buf, offset, require_mask, max_size, /)
+                     -> (messages, end)``: decode every complete
+                     single-frame text/binary message in a row (see
+                     :func:`py_scan_messages`)
 ``C_SPEEDUPS``       ``True`` when the helpers are the C ones
 ``MASK_IMPL``        the masking loop in use: ``"avx2"``, ``"sse2"``,
                      ``"words64"`` (C) or ``"python"``
@@ -54,8 +58,10 @@ __all__ = [
     "py_apply_mask",
     "py_parse_header",
     "py_scan_frames",
+    "py_scan_messages",
     "py_unmask_inplace",
     "scan_frames",
+    "scan_messages",
     "unmask_inplace",
 ]
 
@@ -310,6 +316,73 @@ def py_scan_frames(
     return frames, pos
 
 
+def py_scan_messages(
+    buf: BytesLike,
+    offset: SupportsIndex,
+    require_mask: object,
+    max_size: SupportsIndex | None,
+    /,
+) -> tuple[list[str | bytes], int]:
+    """Decode the run of whole single-frame messages that starts at ``buf[offset]``.
+
+    Returns ``(messages, end)``: ``str`` for text, ``bytes`` for binary,
+    payloads unmasked, and the offset after the last one. Only frames that
+    are a whole uncompressed message are taken -- FIN set, RSV1-3 clear,
+    opcode text or binary, the mask bit equal to ``require_mask``, a payload
+    of at most ``max_size`` bytes (``None``: unbounded), valid UTF-8 for
+    text. The scan stops *before* the first other frame (incomplete,
+    fragmented, compressed, control, or breaking a rule) and never raises
+    for it: the frame parser decodes that one. Raises like
+    :func:`py_scan_frames` for bad arguments.
+    """
+    data = _flat(buf, "scan_messages", "buf")
+    pos = _offset(offset, len(data))
+    mask_bit = 0x80 if require_mask else 0
+    limit = None if max_size is None else operator.index(max_size)
+    messages: list[str | bytes] = []
+    end = len(data)
+    while end - pos >= 2:
+        b0 = data[pos]
+        b1 = data[pos + 1]
+        if (b0 != 0x81 and b0 != 0x82) or b1 & 0x80 != mask_bit:
+            break
+        length = b1 & 0x7F
+        start = pos + 2
+        if length == 126:
+            if end - pos < 4:
+                break
+            length = (data[start] << 8) | data[start + 1]
+            start += 2
+        elif length == 127:
+            if end - pos < 10:
+                break
+            length = int.from_bytes(data[start : start + 8], "big")
+            start += 8
+            if length >> 63:
+                break
+        if limit is not None and length > limit:
+            break
+        if mask_bit:
+            stop = start + 4 + length
+            if stop > end:
+                break
+            payload = _xor(data[start + 4 : stop], bytes(data[start : start + 4]))
+        else:
+            stop = start + length
+            if stop > end:
+                break
+            payload = bytes(data[start:stop])
+        if b0 == 0x81:
+            try:
+                messages.append(payload.decode())
+            except UnicodeDecodeError:
+                break
+        else:
+            messages.append(payload)
+        pos = stop
+    return messages, pos
+
+
 C_SPEEDUPS = False
 MASK_IMPL = "python"
 apply_mask: Callable[[BytesLike, BytesLike], bytes] = py_apply_mask
@@ -318,6 +391,9 @@ parse_header: Callable[[BytesLike, int], Header | None] = py_parse_header
 scan_frames: Callable[
     [BytesLike, int, bool, int | None, bool], tuple[list[FrameTuple], int]
 ] = py_scan_frames
+scan_messages: Callable[
+    [BytesLike, int, bool, int | None], tuple[list[str | bytes], int]
+] = py_scan_messages
 
 if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
     try:
@@ -334,5 +410,6 @@ if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
         unmask_inplace = _speedups.unmask_inplace
         parse_header = _speedups.parse_header
         scan_frames = _speedups.scan_frames
+        scan_messages = _speedups.scan_messages
         MASK_IMPL = _speedups.MASK_IMPL
         C_SPEEDUPS = True

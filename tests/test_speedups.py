@@ -32,12 +32,14 @@ IMPLS = {
         "unmask_inplace": c_impl.unmask_inplace,
         "parse_header": c_impl.parse_header,
         "scan_frames": c_impl.scan_frames,
+        "scan_messages": c_impl.scan_messages,
     },
     "py": {
         "apply_mask": speedups.py_apply_mask,
         "unmask_inplace": speedups.py_unmask_inplace,
         "parse_header": speedups.py_parse_header,
         "scan_frames": speedups.py_scan_frames,
+        "scan_messages": speedups.py_scan_messages,
     },
 }
 
@@ -337,6 +339,99 @@ def test_scan_frames_cases(
     assert (frames, stop) == reference_scan(wire, 0, require_mask, max_size, rsv1_allowed)
 
 
+# -------------------------------------------------------- scan_messages
+
+
+def reference_messages(
+    buf: bytes, pos: int, require_mask: bool, max_size: int | None
+) -> tuple[list[str | bytes], int]:
+    """scan_messages from its contract: the leading frames of reference_scan that are whole messages."""
+    messages: list[str | bytes] = []
+    while True:
+        frames, end = reference_scan(buf, pos, require_mask, max_size, False)
+        if not frames:
+            break
+        opcode, payload, fin, _ = frames[0]
+        if not fin or opcode not in (0x1, 0x2):
+            break
+        if opcode == 0x1:
+            try:
+                messages.append(payload.decode())
+            except UnicodeDecodeError:
+                break
+        else:
+            messages.append(payload)
+        header = speedups.py_parse_header(buf, pos)
+        assert header is not None
+        pos += header[7] + header[6]
+    return messages, pos
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    specs=st.lists(frame_specs, max_size=6),
+    cut=st.floats(0, 1.2),
+    junk=st.binary(max_size=3),
+    require_mask=st.booleans(),
+    max_size=st.sampled_from([None, 0, 1, 10, 125, 126, 65535, 2**70, -1, -(2**70)]),
+    as_view=st.booleans(),
+)
+def test_scan_messages_twins(
+    specs: list[tuple[int, bool, bytes, int, int | None]],
+    cut: float,
+    junk: bytes,
+    require_mask: bool,
+    max_size: int | None,
+    as_view: bool,
+) -> None:
+    wire = junk + b"".join(encode_frame(*spec) for spec in specs)
+    wire = wire[: max(len(junk), int(len(wire) * cut))]
+    expected = reference_messages(wire, len(junk), require_mask, max_size)
+    arg: bytes | bytearray | memoryview = memoryview(wire) if as_view else bytearray(wire)
+    for impl in IMPLS.values():
+        assert impl["scan_messages"](arg, len(junk), require_mask, max_size) == expected
+
+
+TEXT_500 = "é" * 250  # 500 bytes: unmasked on the C stack
+TEXT_600 = "é" * 300  # 600 bytes: unmasked in a temporary bytes object
+
+MESSAGE_CASES = [
+    # (wire, require_mask, max_size, expected messages, expected end)
+    (encode_frame(0x81, True, b"hi", 7, None) * 2, True, None, ["hi", "hi"], 16),
+    (encode_frame(0x82, True, b"hi", 7, None) + b"\x89\x80abcd", True, None, [b"hi"], 8),
+    (encode_frame(0x81, False, b"hi", 7, None), False, None, ["hi"], 4),
+    (encode_frame(0x81, True, TEXT_500.encode(), 16, None), True, None, [TEXT_500], 508),
+    (encode_frame(0x81, True, TEXT_600.encode(), 16, None), True, None, [TEXT_600], 608),
+    (encode_frame(0x81, True, b"\xed\xa0\x80", 7, None), True, None, [], 0),  # surrogate
+    (encode_frame(0x81, True, b"a" * 600 + b"\xff", 16, None), True, None, [], 0),
+    (encode_frame(0x81, False, b"\xc3", 7, None), False, None, [], 0),  # cut code point
+    (encode_frame(0x82, True, b"x" * 70000, 64, None), True, None, [b"x" * 70000], 70014),
+    (encode_frame(0x82, True, b"x" * 70000, 64, None), True, 69999, [], 0),
+    (encode_frame(0x01, True, b"hi", 7, None), True, None, [], 0),  # FIN clear
+    (encode_frame(0xC1, True, b"hi", 7, None), True, None, [], 0),  # compressed
+    (encode_frame(0x80, True, b"hi", 7, None), True, None, [], 0),  # continuation
+    (encode_frame(0x82, False, b"hi", 7, None), True, None, [], 0),  # not masked
+    (encode_frame(0x82, True, b"hi", 7, None)[:-1], True, None, [], 0),  # incomplete
+    (b"\x82\x7f" + (2**63).to_bytes(8, "big"), False, None, [], 0),  # length MSB
+    (b"\x82", False, None, [], 0),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("wire", "require_mask", "max_size", "messages", "end"), MESSAGE_CASES)
+def test_scan_messages_cases(
+    impl: str,
+    wire: bytes,
+    require_mask: bool,
+    max_size: int | None,
+    messages: list[str | bytes],
+    end: int,
+) -> None:
+    got = IMPLS[impl]["scan_messages"](wire, 0, require_mask, max_size)
+    assert got == (messages, end)
+    assert got == reference_messages(wire, 0, require_mask, max_size)
+
+
 # ------------------------------------- frame parser: batch == one by one
 
 
@@ -352,6 +447,7 @@ def drive_connection(
     with pytest.MonkeyPatch.context() as patch:
         if not scan:
             patch.setattr(speedups, "scan_frames", no_scan)
+            patch.setattr(speedups, "scan_messages", no_scan)
         connection = Connection(Side.SERVER, max_size=max_size, state=State.OPEN)
         events: list[Any] = []
         for start in range(0, len(wire), chunk):
@@ -433,6 +529,11 @@ BAD_INPUTS = [
     ("scan_frames", (b"\x82\x00", 0, True, "10", False)),
     ("scan_frames", (b"\x82\x00", 0, True, 1.5, False)),
     ("scan_frames", (b"\x82\x00", "0", True, None, False)),
+    ("scan_messages", ("text", 0, True, None)),
+    ("scan_messages", (strided, 0, True, None)),
+    ("scan_messages", (b"\x82\x00", 3, True, None)),
+    ("scan_messages", (b"\x82\x00", 0, True, "10")),
+    ("scan_messages", (b"\x82\x00", 0, True, 1.5)),
 ]
 
 
@@ -453,6 +554,8 @@ WRONG_ARITY = [
     ("parse_header", (b"\x81\x00", 0, 0)),
     ("scan_frames", (b"\x82\x00", 0, True, None)),
     ("scan_frames", (b"\x82\x00", 0, True, None, False, 0)),
+    ("scan_messages", (b"\x82\x00", 0, True)),
+    ("scan_messages", (b"\x82\x00", 0, True, None, False)),
 ]
 
 

@@ -47,7 +47,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import (
@@ -396,7 +396,7 @@ class ServerConnection(asyncio.Protocol):
                 len(messages) >= options.max_queue_high
                 or self._queued_bytes > options.read_limit_high
             ):
-                if protocol.state is State.OPEN:
+                if protocol.state is _OPEN:
                     if not self._queue_full:
                         self._queue_full = True
                         self._update_reading()
@@ -442,7 +442,7 @@ class ServerConnection(asyncio.Protocol):
         protocol = self._protocol
         pause = (
             protocol is not None
-            and protocol.state is State.OPEN
+            and protocol.state is _OPEN
             and (self._queue_full or protocol.pending_failure is not None)
         ) or (self._write_paused or (self._handshaking and self._parser is None))
         if pause is not self._reading_paused:
@@ -469,17 +469,34 @@ class ServerConnection(asyncio.Protocol):
             self._queue_full = False
             self._update_reading()
 
-    async def recv(self, decode: bool | None = None) -> Data:
+    def recv(self, decode: bool | None = None) -> Coroutine[Any, Any, Data]:
         """Receive the next message: ``str`` for text, ``bytes`` for binary.
 
-        ``decode=True`` returns text for binary messages (UTF-8 decoding),
-        ``decode=False`` returns bytes for text messages.
+        ``await connection.recv()``. ``decode=True`` returns text for binary
+        messages (UTF-8 decoding), ``decode=False`` returns bytes for text
+        messages.
 
         Raises:
             ConnectionClosedOK: the connection closed normally (1000/1001).
             ConnectionClosedError: it closed with an error or without a
                 closing handshake.
             ConcurrencyError: another coroutine is already waiting in recv().
+        """
+        return self._receive(decode, False)
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        """Iterate over messages; stop on a normal close, raise ConnectionClosedError otherwise."""
+        return self
+
+    def __anext__(self) -> Coroutine[Any, Any, Data]:
+        return self._receive(None, True)
+
+    async def _receive(self, decode: bool | None, iterating: bool) -> Data:
+        """recv() and __anext__(): one coroutine per message, no other frame.
+
+        Before waiting, it writes what send() corked: a handler that answers
+        and then waits for the next message sends its answer now, not one
+        loop iteration later.
         """
         if self._recv_waiter is not None:
             raise ConcurrencyError(
@@ -495,11 +512,16 @@ class ServerConnection(asyncio.Protocol):
             return message
         while not messages:
             if self._closed_waiter.done():
-                raise self._close_exc()
+                exc = self._close_exc()
+                if iterating and isinstance(exc, ConnectionClosedOK):
+                    raise StopAsyncIteration
+                raise exc
             if self._fail_handle is not None:
                 # Every message before the protocol error was consumed: now
                 # the connection fails (the close frame follows the answers).
                 self._fail_pending()
+            elif self._corked and not self._transport.is_closing():
+                self._flush()
             waiter: asyncio.Future[None] = self._loop.create_future()
             self._recv_waiter = waiter
             try:
@@ -514,26 +536,6 @@ class ServerConnection(asyncio.Protocol):
         if not decode and isinstance(message, str):
             return message.encode()
         return message
-
-    def __aiter__(self) -> AsyncIterator[Data]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Data]:
-        """Yield messages; stop on a normal close, raise ConnectionClosedError otherwise."""
-        messages = self._messages
-        try:
-            while True:
-                if messages and self._recv_waiter is None:
-                    # recv()'s fast path, inlined: a message is waiting.
-                    message = messages.popleft()
-                    self._queued_bytes -= len(message)
-                    if self._queue_full:
-                        self._resume_if_drained()
-                    yield message
-                else:
-                    yield await self.recv()
-        except ConnectionClosedOK:
-            return
 
     # -------------------------------------------------------------- sending
 
@@ -553,7 +555,7 @@ class ServerConnection(asyncio.Protocol):
                 self._transport.write(chunks[0])
             else:
                 self._transport.writelines(chunks)
-        if protocol.state is not State.OPEN:
+        if protocol.state is not _OPEN:
             self._closing_started()
 
     def _flush_corked(self) -> None:
@@ -561,9 +563,12 @@ class ServerConnection(asyncio.Protocol):
 
         DESIGN: "Writes produced in one loop iteration are coalesced into one
         transport.write / writelines where possible": the first message that
-        send() queues in the protocol schedules this call; the next ones join
-        it; past ``_cork_limit`` bytes send() writes everything at once
-        (bounded memory; write_limit's back-pressure still applies).
+        send() queues in the protocol puts the connection on the server's
+        list, which ``Server._flush_corked`` (one ``call_soon`` per loop
+        iteration for all connections) empties; the next ones join it; past
+        ``_cork_limit`` bytes send() writes everything at once (bounded
+        memory; write_limit's back-pressure still applies); a handler that
+        waits in recv() writes what it corked before it waits.
         """
         self._flush_scheduled = False
         if self._corked and not self._transport.is_closing():
@@ -671,7 +676,10 @@ class ServerConnection(asyncio.Protocol):
             self._corked = corked
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                self._loop.call_soon(self._flush_corked)
+                to_flush = self._server._to_flush
+                if not to_flush:
+                    self._loop.call_soon(self._server._flush_corked)
+                to_flush.append(self)
         if self._write_paused:
             await self._drain()
 
@@ -699,7 +707,7 @@ class ServerConnection(asyncio.Protocol):
         if self._fragmented is not None:
             await self._wait_fragmented()
         protocol = self._protocol
-        if protocol is None or protocol.state is not State.OPEN:
+        if protocol is None or protocol.state is not _OPEN:
             await self._raise_closed()
         assert protocol is not None
         done: asyncio.Future[None] = self._loop.create_future()
@@ -717,19 +725,19 @@ class ServerConnection(asyncio.Protocol):
                 if fragment is _END:
                     break
                 chunk = _encode_fragment(fragment, kind)
-                if protocol.state is not State.OPEN:
+                if protocol.state is not _OPEN:
                     await self._raise_closed()
                 protocol.send_continuation(chunk, fin=False)
                 self._flush()
                 await self._drain()
-            if protocol.state is not State.OPEN:
+            if protocol.state is not _OPEN:
                 await self._raise_closed()
             protocol.send_continuation(b"", fin=True)
             _registry_stats.messages_out += 1
             self._flush()
         except BaseException:
             # Half a message cannot be taken back: the connection is unusable.
-            if protocol.state is State.OPEN:
+            if protocol.state is _OPEN:
                 protocol.fail(1011, "error in fragmented message")
                 self._flush()
             raise
@@ -758,7 +766,7 @@ class ServerConnection(asyncio.Protocol):
         else:
             raise TypeError("data must be str or bytes-like")
         protocol = self._protocol
-        if protocol is None or protocol.state is not State.OPEN:
+        if protocol is None or protocol.state is not _OPEN:
             await self._raise_closed()
         if payload is not None and payload in self._pending_pings:
             raise ConcurrencyError("already waiting for a pong with the same data")
@@ -808,7 +816,7 @@ class ServerConnection(asyncio.Protocol):
         else:
             raise TypeError("data must be str or bytes-like")
         protocol = self._protocol
-        if protocol is None or protocol.state is not State.OPEN:
+        if protocol is None or protocol.state is not _OPEN:
             await self._raise_closed()
         assert protocol is not None
         protocol.send_pong(payload)
@@ -829,7 +837,7 @@ class ServerConnection(asyncio.Protocol):
             # Still in the opening handshake: nothing to close but TCP.
             if not self._closed_waiter.done():
                 self._transport.close()
-        elif protocol.state is State.OPEN:
+        elif protocol.state is _OPEN:
             if self._fragmented is not None:
                 protocol.fail(1011, "close during fragmented message")
             else:
@@ -872,7 +880,7 @@ class ServerConnection(asyncio.Protocol):
     def _keepalive_ping(self) -> None:
         self._keepalive_handle = None
         protocol = self._protocol
-        if protocol is None or protocol.state is not State.OPEN:
+        if protocol is None or protocol.state is not _OPEN:
             return
         pong_waiter = self._send_ping(None)
         if self._debug:
@@ -893,7 +901,7 @@ class ServerConnection(asyncio.Protocol):
         interval = self._options.ping_interval
         assert interval
         protocol = self._protocol
-        if protocol is not None and protocol.state is State.OPEN:
+        if protocol is not None and protocol.state is _OPEN:
             self._keepalive_handle = self._loop.call_later(
                 max(0.0, interval - latency), self._keepalive_ping
             )
@@ -901,7 +909,7 @@ class ServerConnection(asyncio.Protocol):
     def _keepalive_timed_out(self, pong_waiter: asyncio.Future[float]) -> None:
         self._keepalive_handle = None
         protocol = self._protocol
-        if pong_waiter.done() or protocol is None or protocol.state is not State.OPEN:
+        if pong_waiter.done() or protocol is None or protocol.state is not _OPEN:
             return
         if self._debug:
             self.logger.debug("timed out waiting for keepalive pong")
@@ -1035,7 +1043,7 @@ class ServerConnection(asyncio.Protocol):
             Side.SERVER,
             max_size=options.max_size,
             extensions=extensions,
-            state=State.OPEN,
+            state=_OPEN,
         )
         self._protocol = protocol
         self._transport.write(head)
@@ -1092,7 +1100,7 @@ class ServerConnection(asyncio.Protocol):
             try:
                 await options.handler(self)
             except ConnectionClosed as exc:
-                if self.state is State.OPEN:
+                if self.state is _OPEN:
                     # Not this connection's closure (another connection's
                     # ConnectionClosed escaped): a handler bug like any other.
                     self.logger.error("connection handler failed", exc_info=True)

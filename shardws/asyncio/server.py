@@ -83,6 +83,8 @@ class Server:
         self._close_task: asyncio.Task[None] | None = None
         self._closed_waiter: asyncio.Future[None] = loop.create_future()
         self._handing_over = False  # stop_listening() ran: no listener, still serving
+        # connections whose send() corked messages this loop iteration
+        self._to_flush: list[ServerConnection] = []
 
     def _protocol_factory(self) -> ServerConnection:
         return ServerConnection(self, self._options, self.loop)
@@ -102,6 +104,13 @@ class Server:
 
     def _opened(self, connection: ServerConnection) -> None:
         self._websockets.add(connection)
+
+    def _flush_corked(self) -> None:
+        """Write what send() corked on every connection: one callback per loop iteration."""
+        connections = self._to_flush
+        self._to_flush = []
+        for connection in connections:
+            connection._flush_corked()
 
     def _unregister(self, connection: ServerConnection) -> None:
         self._connections.discard(connection)

@@ -91,6 +91,11 @@ class State(enum.IntEnum):
     CLOSED = 3
 
 
+# Module constants: ``State.OPEN`` is an attribute lookup through the enum
+# class, ``_OPEN`` a global (about 7x faster on the hot paths).
+_CONNECTING, _OPEN, _CLOSING, _CLOSED = State.CONNECTING, State.OPEN, State.CLOSING, State.CLOSED
+
+
 class _Ev(enum.Enum):
     """What moves the state machine."""
 
@@ -103,16 +108,16 @@ class _Ev(enum.Enum):
 
 #: ``{(state, event): next state}``; a pair not in the table is not allowed.
 TRANSITIONS: dict[tuple[State, _Ev], State] = {
-    (State.CONNECTING, _Ev.OPEN): State.OPEN,
-    (State.CONNECTING, _Ev.EOF): State.CLOSED,
-    (State.OPEN, _Ev.SEND_CLOSE): State.CLOSING,
-    (State.OPEN, _Ev.RECV_CLOSE): State.CLOSING,  # our answering close is queued
-    (State.OPEN, _Ev.FAIL): State.CLOSING,
-    (State.OPEN, _Ev.EOF): State.CLOSED,
-    (State.CLOSING, _Ev.RECV_CLOSE): State.CLOSING,  # handshake done; waits for EOF
-    (State.CLOSING, _Ev.FAIL): State.CLOSING,
-    (State.CLOSING, _Ev.EOF): State.CLOSED,
-    (State.CLOSED, _Ev.EOF): State.CLOSED,
+    (_CONNECTING, _Ev.OPEN): _OPEN,
+    (_CONNECTING, _Ev.EOF): _CLOSED,
+    (_OPEN, _Ev.SEND_CLOSE): _CLOSING,
+    (_OPEN, _Ev.RECV_CLOSE): _CLOSING,  # our answering close is queued
+    (_OPEN, _Ev.FAIL): _CLOSING,
+    (_OPEN, _Ev.EOF): _CLOSED,
+    (_CLOSING, _Ev.RECV_CLOSE): _CLOSING,  # handshake done; waits for EOF
+    (_CLOSING, _Ev.FAIL): _CLOSING,
+    (_CLOSING, _Ev.EOF): _CLOSED,
+    (_CLOSED, _Ev.EOF): _CLOSED,
 }
 
 
@@ -209,7 +214,7 @@ class Connection:
         *,
         max_size: int | None = 2**20,
         extensions: Sequence[MessageExtension] = (),
-        state: State = State.OPEN,
+        state: State = _OPEN,
         max_pending_pongs: int = 32,
         mask_key_factory: Callable[[], bytes] = _random_mask_key,
     ) -> None:
@@ -242,7 +247,7 @@ class Connection:
         self._max_pending_pongs = max_pending_pongs
         self._pending_pongs = 0
         self._last_pong = 0
-        self._discard = state is not State.OPEN and state is not State.CONNECTING
+        self._discard = state is not _OPEN and state is not _CONNECTING
         self._close_transport = False
         self._msg_opcode = 0  # OP_TEXT / OP_BINARY while a fragmented message arrives
         self._msg_compressed = False
@@ -286,14 +291,14 @@ class Connection:
     @property
     def close_code(self) -> int | None:
         """Code of the close frame received; 1006 if none arrived; None until CLOSED."""
-        if self.state is not State.CLOSED:
+        if self.state is not _CLOSED:
             return None
         return 1006 if self.close_rcvd is None else self.close_rcvd.code
 
     @property
     def close_reason(self) -> str | None:
         """Reason of the close frame received; "" if none arrived; None until CLOSED."""
-        if self.state is not State.CLOSED:
+        if self.state is not _CLOSED:
             return None
         return "" if self.close_rcvd is None else self.close_rcvd.reason
 
@@ -323,12 +328,19 @@ class Connection:
         """
         if self._discard:
             return []
-        if self.state is State.CONNECTING:
+        if self.state is _CONNECTING:
             raise InvalidState("cannot receive frames before the opening handshake")
         parser = self._parser
-        parser.feed(data)
+        events: list[Event]
+        if self._msg_opcode:
+            parser.feed(data)
+            events = []
+        else:
+            # Fast path: whole single-frame messages, decoded in one call.
+            events = parser.feed_messages(data)  # type: ignore[assignment]
+            if not parser.buffered:
+                return events
         next_frame = parser.next_frame_tuple
-        events: list[Event] = []
         try:
             while True:
                 frame = next_frame()
@@ -462,7 +474,7 @@ class Connection:
     def _receive_close(self, payload: bytes) -> Close:
         close = parse_close(payload)
         self.close_rcvd = close
-        if self.state is State.OPEN:
+        if self.state is _OPEN:
             # Section 5.5.1: "If an endpoint receives a Close frame and did
             # not previously send a Close frame, the endpoint MUST send a
             # Close frame in response. (When sending a Close frame in
@@ -498,7 +510,7 @@ class Connection:
 
     def _fail_remote(self, exc: RemoteProtocolError, events: list[Event]) -> None:
         self.failure = exc
-        if self.state is State.OPEN and any(type(e) is str or type(e) is bytes for e in events):
+        if self.state is _OPEN and any(type(e) is str or type(e) is bytes for e in events):
             # Messages parsed before the fault are returned: hold the close
             # frame back until the application had a chance to answer them
             # (Autobahn 3.2, 4.1.3, 5.15: the echo, then the close).
@@ -537,7 +549,7 @@ class Connection:
             self._fail(code, reason)
 
     def _fail(self, code: int, reason: str) -> None:
-        if self.state is State.OPEN:
+        if self.state is _OPEN:
             # Section 7.1.7: "the endpoint SHOULD send a Close frame with an
             # appropriate status code (Section 7.4) before proceeding to
             # _Close the WebSocket Connection_."
@@ -581,7 +593,7 @@ class Connection:
         )
 
     def _check_open(self) -> None:
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             raise InvalidState(f"connection is {self.state.name}, not OPEN")
 
     def _send_data(self, opcode: int, payload: bytes | bytearray | memoryview, fin: bool) -> None:
@@ -602,7 +614,7 @@ class Connection:
         Raises :class:`InvalidState` unless OPEN, :class:`LocalProtocolError`
         while a fragmented message is being sent.
         """
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             self._check_open()
         if self._send_fragmented:
             raise LocalProtocolError("a fragmented message is being sent: use send_continuation()")
@@ -614,7 +626,7 @@ class Connection:
 
     def send_binary(self, data: bytes | bytearray | memoryview, fin: bool = True) -> None:
         """Send a binary message, or its first fragment when ``fin`` is False (see :meth:`send_text`)."""
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             self._check_open()
         if self._send_fragmented:
             raise LocalProtocolError("a fragmented message is being sent: use send_continuation()")

@@ -314,6 +314,27 @@ class FrameParser:
             self._pos = 0
             buf += data
 
+    def feed_messages(self, data: bytes) -> list[str | bytes]:
+        """Feed ``data``; return the whole messages it starts with (the fast path).
+
+        When nothing is buffered, the run of complete frames at the start of
+        ``data`` that are each a whole uncompressed text or binary message
+        (valid UTF-8 for text, within ``max_size``) is decoded at once into
+        ``str`` / ``bytes`` (``speedups.scan_messages``); the rest is fed as
+        :meth:`feed` would, for :meth:`next_frame` to decode. Otherwise this
+        is :meth:`feed` and returns ``[]``. Only for a receiver that is not
+        assembling a fragmented message: each message taken here is whole.
+        """
+        pos = self._pos
+        if pos != len(self._buf) or type(data) is not bytes or self._next < len(self._ready):
+            self.feed(data)
+            return []
+        messages, end = speedups.scan_messages(data, 0, self._mask_bit != 0, self.max_size)
+        self._base += pos
+        self._buf = data
+        self._pos = end
+        return messages
+
     def next_frame(self) -> Frame | None:
         """Return the next complete frame, or None when more bytes are needed.
 

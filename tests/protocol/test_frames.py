@@ -72,6 +72,7 @@ def batching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Run a test with speedups.scan_frames, and with every frame decoded by the parser itself."""
     if request.param == "one by one":
         monkeypatch.setattr(speedups, "scan_frames", lambda buf, pos, *args: ([], pos))
+        monkeypatch.setattr(speedups, "scan_messages", lambda buf, pos, *args: ([], pos))
     return str(request.param)
 
 
