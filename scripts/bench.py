@@ -814,7 +814,7 @@ async def measure(cfg: argparse.Namespace, cpus: tuple[int, int]) -> list[dict[s
             for name in cfg.servers:
                 if any(applies(name, t, deflate) for t in cfg.tests if t != "idle_rss"):
                     if name.startswith("shardws-w"):
-                        servers[name, deflate] = WorkersProcess(cfg.workers, deflate)
+                        servers[name, deflate] = WorkersProcess(int(name[9:]), deflate)
                     else:
                         servers[name, deflate] = ServerProcess(name, cpus[0], deflate)
         for n in range(cfg.repeat):
@@ -878,8 +878,8 @@ def table(points: list[dict[str, Any]], cfg: argparse.Namespace, cpus: tuple[int
     modes = [m for m in (False, True) if m in cfg.modes]
     rows = [(t, d) for d in modes for t in cfg.tests]
     names = cfg.servers
-    pinned = f"server pinned to CPU {cpus[0]}" + (
-        f" (shardws-w{cfg.workers}: supervisor and workers not pinned)" if cfg.workers else "")
+    pinned = f"server pinned to CPU {cpus[0]}" + "".join(
+        f" ({s}: supervisor and workers not pinned)" for s in names if s.startswith("shardws-w"))
     lines = [
         f"Python {sys.version.split()[0]}, uvloop, {pinned}, load generator pinned to CPU "
         f"{cpus[1]} ({os.cpu_count()} CPUs); {cfg.seconds:g} s per rate point after "
@@ -969,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.servers.append(f"shardws-w{cfg.workers}")
     cfg.tests = [t for t in cfg.tests.split(",") if t]
     cfg.modes = {m == "deflate" for m in cfg.modes.split(",")}
-    unknown = [s for s in cfg.servers if s not in SERVERS and not s.startswith("shardws-w")]
+    unknown = [s for s in cfg.servers if s not in SERVERS and not re.fullmatch(r"shardws-w[1-9]\d*", s)]
     unknown += [t for t in cfg.tests if t not in TESTS]
     if unknown:
         parser.error(f"unknown server or test: {', '.join(unknown)}")
