@@ -234,9 +234,12 @@ def process_cpu(pids: list[int]) -> float:
 class ServerProcess:
     """One benchmarked server in a subprocess pinned to ``cpu``; stops when stdin closes."""
 
-    def __init__(self, name: str, cpu: int, deflate: bool) -> None:
+    def __init__(self, name: str, cpu: int, deflate: bool, profile: Path | None = None) -> None:
         program, extra, _, _ = SERVERS[name]
         self.name = name
+        if profile is not None:  # cProfile the whole life of the server, written when it stops
+            program = program.replace(
+                "uvloop.run(main())", f"import cProfile\ncProfile.run('uvloop.run(main())', {str(profile)!r})")
         # stderr goes to a file (shown if the server does not start): picows
         # prints a line per write to a connection the load generator closed.
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
@@ -816,7 +819,8 @@ async def measure(cfg: argparse.Namespace, cpus: tuple[int, int]) -> list[dict[s
                     if name.startswith("shardws-w"):
                         servers[name, deflate] = WorkersProcess(int(name[9:]), deflate)
                     else:
-                        servers[name, deflate] = ServerProcess(name, cpus[0], deflate)
+                        servers[name, deflate] = ServerProcess(
+                            name, cpus[0], deflate, profile_path(cfg, name, deflate))
         for n in range(cfg.repeat):
             for deflate in modes:
                 for test in cfg.tests:
@@ -852,6 +856,22 @@ async def measure(cfg: argparse.Namespace, cpus: tuple[int, int]) -> list[dict[s
         for server in servers.values():
             server.stop()
     return points
+
+
+def profile_path(cfg: argparse.Namespace, name: str, deflate: bool) -> Path | None:
+    if not cfg.profile or name == "bare":
+        return None
+    cfg.profile.mkdir(parents=True, exist_ok=True)
+    return cfg.profile / f"{name}{'-deflate' if deflate else ''}.pstats"
+
+
+def print_profiles(cfg: argparse.Namespace) -> None:
+    """The top functions (own time) of every profiled server."""
+    import pstats
+
+    for path in sorted(cfg.profile.glob("*.pstats")):
+        print(f"\n==== {path} (cProfile of the whole run of that server; top 15 by own time)")
+        pstats.Stats(str(path)).sort_stats("tottime").print_stats(15)
 
 
 def label(test: str, deflate: bool) -> str:
@@ -944,6 +964,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "reports" / "bench.json",
                         help="raw results (default reports/bench.json)")
     parser.add_argument("--write", type=Path, help="put the tables into this markdown file")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run the servers under cProfile: DIR/SERVER[-deflate].pstats, top printed "
+                             "(slows them down: the rates are not comparable)")
     parser.add_argument("--table-from", type=Path, metavar="JSON",
                         help="measure nothing: print (and --write) the tables of an earlier --json file")
     cfg = parser.parse_args(argv)
@@ -986,7 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     cfg.json.parent.mkdir(parents=True, exist_ok=True)
-    meta = {k: v for k, v in vars(cfg).items() if k not in ("json", "write", "modes", "table_from")}
+    meta = {k: v for k, v in vars(cfg).items()
+            if k not in ("json", "write", "modes", "table_from", "profile")}
     meta.update(modes=sorted("deflate" if m else "plain" for m in cfg.modes), cpus=[server_cpu, load_cpu],
                 python=sys.version.split()[0], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     median = [{"test": t, "deflate": d, "server": s, "value": v}
@@ -995,6 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nraw results: {cfg.json}")
     if cfg.write:
         write_docs(cfg.write, text)
+    if cfg.profile:
+        print_profiles(cfg)
     return 0
 
 
