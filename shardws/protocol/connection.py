@@ -56,6 +56,7 @@ from shardws.protocol.frames import (
     OP_TEXT,
     Close,
     FrameParser,
+    final_header,
     parse_close,
     serialize_close,
     serialize_final_frame,
@@ -136,6 +137,11 @@ class Pong:
 
 
 Event: TypeAlias = str | bytes | Ping | Pong | Close
+
+#: A whole uncompressed message of this many bytes or more (``bytes``) is
+#: queued as its header and the payload object itself, which the transport
+#: writes with one writev: no copy of the payload into a frame.
+SPLIT_PAYLOAD_AT = 4096
 
 
 class MessageExtension(Protocol):
@@ -570,7 +576,12 @@ class Connection:
     # ------------------------------------------------------------- send
 
     def data_to_send(self) -> list[bytes]:
-        """Return the frames to write, in order, and forget them."""
+        """Return the bytes to write, in order, and forget them.
+
+        One item per frame, except that a whole uncompressed message of at
+        least :data:`SPLIT_PAYLOAD_AT` bytes of ``bytes`` comes as two items,
+        its header then the caller's payload object (not copied: a writev).
+        """
         out = self._out
         if not out:
             return []
@@ -620,7 +631,10 @@ class Connection:
             raise LocalProtocolError("a fragmented message is being sent: use send_continuation()")
         payload = data.encode("utf-8") if isinstance(data, str) else data
         if fin and self._plain:
-            self._out.append(serialize_final_frame(OP_TEXT, payload))
+            if len(payload) < SPLIT_PAYLOAD_AT or type(payload) is not bytes:
+                self._out.append(serialize_final_frame(OP_TEXT, payload))
+            else:
+                self._out += (final_header(OP_TEXT, len(payload)), payload)
             return
         self._send_data(OP_TEXT, payload, fin)
 
@@ -631,7 +645,10 @@ class Connection:
         if self._send_fragmented:
             raise LocalProtocolError("a fragmented message is being sent: use send_continuation()")
         if fin and self._plain:
-            self._out.append(serialize_final_frame(OP_BINARY, data))
+            if len(data) < SPLIT_PAYLOAD_AT or type(data) is not bytes:
+                self._out.append(serialize_final_frame(OP_BINARY, data))
+            else:
+                self._out += (final_header(OP_BINARY, len(data)), data)
             return
         self._send_data(OP_BINARY, data, fin)
 

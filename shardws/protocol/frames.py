@@ -164,6 +164,15 @@ def serialize_final_frame(opcode: int, payload: bytes | bytearray | memoryview) 
     return _pack_u64(0x80 | opcode, 127, n) + payload
 
 
+def final_header(opcode: int, n: int) -> bytes:
+    """The header of :func:`serialize_final_frame` for an ``n``-byte payload."""
+    if n < 126:
+        return _FINAL_HEADERS[opcode][n]
+    if n < 65536:
+        return _pack_u16(0x80 | opcode, 126, n)
+    return _pack_u64(0x80 | opcode, 127, n)
+
+
 def serialize_frame(
     opcode: int,
     payload: bytes | bytearray | memoryview,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shardws.protocol.connection import Connection, Side
+from shardws.protocol.connection import SPLIT_PAYLOAD_AT, Connection, Side
 from shardws.protocol.frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -54,3 +54,30 @@ def test_server_messages_on_the_wire(method: str, data: str | bytes, fin: bool, 
     getattr(connection, method)(data, fin=fin)
     assert connection.data_to_send() == [wire]
     assert connection.encode_message(OP_BINARY, b"ab") == b"\x82\x02ab"
+
+
+BIG = bytes(range(256)) * 16  # SPLIT_PAYLOAD_AT bytes
+
+# (method, data, expected items of data_to_send): from SPLIT_PAYLOAD_AT bytes
+# on, a bytes payload is queued after its header, not copied into the frame.
+SPLIT_SENDS = [
+    ("send_binary", BIG, [b"\x82\x7e\x10\x00", BIG]),
+    ("send_text", "a" * 4096, [b"\x81\x7e\x10\x00", b"a" * 4096]),
+    ("send_binary", BIG[:-1], [b"\x82\x7e\x0f\xff" + BIG[:-1]]),
+    ("send_binary", bytearray(BIG), [b"\x82\x7e\x10\x00" + BIG]),
+    ("send_text", bytearray(b"a" * 4096), [b"\x81\x7e\x10\x00" + b"a" * 4096]),
+    ("send_binary", BIG * 17, [b"\x82\x7f" + (4096 * 17).to_bytes(8, "big"), BIG * 17]),
+]
+
+
+@pytest.mark.parametrize(("method", "data", "items"), SPLIT_SENDS)
+def test_big_payloads_are_not_copied(method: str, data: str | bytes, items: list[bytes]) -> None:
+    assert len(BIG) == SPLIT_PAYLOAD_AT
+    connection = Connection(Side.SERVER)
+    getattr(connection, method)(data)
+    out = connection.data_to_send()
+    assert out == items
+    payload = data.encode() if isinstance(data, str) else bytes(data)
+    assert b"".join(out) == serialize_frame(OP_TEXT if method == "send_text" else OP_BINARY, payload)
+    if len(out) == 2 and type(data) is bytes:
+        assert out[1] is data  # the caller's object itself
