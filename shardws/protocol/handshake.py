@@ -13,7 +13,6 @@ method other than GET, 426 not a WebSocket upgrade or an unsupported
 
 from __future__ import annotations
 
-import base64
 import binascii
 import enum
 import hashlib
@@ -105,19 +104,33 @@ def accept_key(key: str) -> str:
     concatenation is then returned in the server's handshake."
     """
     digest = hashlib.sha1((key + GUID).encode("ascii")).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return binascii.b2a_base64(digest, newline=False).decode("ascii")
+
+
+_server_header: str | None = None
 
 
 def default_server_header() -> str:
     """``"shardws/<version>"``, the default ``Server`` header."""
-    from .. import __version__  # lazy: shardws/__init__ may still be importing us
+    global _server_header
+    if _server_header is None:
+        from .. import __version__  # lazy: shardws/__init__ may still be importing us
 
-    return f"{SERVER_NAME}/{__version__}"
+        _server_header = f"{SERVER_NAME}/{__version__}"
+    return _server_header
+
+
+def _values(headers: Headers, key: str) -> list[str]:
+    """Every value of the header ``key`` (lowercase); the list itself: do not change it."""
+    return headers._dict.get(key, _NONE)
+
+
+_NONE: list[str] = []
 
 
 def _single(headers: Headers, name: str) -> str | None:
     """The one value of ``name``, ``None`` if absent; 400 if it is repeated."""
-    values = headers.get_all(name)
+    values = _values(headers, name.lower())
     if len(values) > 1:
         raise InvalidHeader(name, "multiple values")
     return values[0] if values else None
@@ -143,23 +156,26 @@ def check_request(request: Request) -> str:
 
     # RFC 6455 section 4.2.1: "An |Upgrade| header field containing the value
     # "websocket", treated as an ASCII case-insensitive value."
-    upgrade = headers.get_all("Upgrade")
-    try:
-        protocols = [p for value in upgrade for p in parse_upgrade_list(value)]
-    except InvalidHeaderFormat:
-        protocols = []
-    if "websocket" not in protocols:
-        raise InvalidUpgrade("Upgrade", ", ".join(upgrade) if upgrade else None)
+    upgrade = _values(headers, "upgrade")
+    # The usual single "websocket" needs no list parsing.
+    if len(upgrade) != 1 or upgrade[0].lower() != "websocket":
+        try:
+            protocols = [p for value in upgrade for p in parse_upgrade_list(value)]
+        except InvalidHeaderFormat:
+            protocols = []
+        if "websocket" not in protocols:
+            raise InvalidUpgrade("Upgrade", ", ".join(upgrade) if upgrade else None)
 
     # RFC 6455 section 4.2.1: "A |Connection| header field that includes the
     # token "Upgrade", treated as an ASCII case-insensitive value."
-    connection = headers.get_all("Connection")
-    try:
-        options = [t for value in connection for t in parse_token_list(value, "Connection")]
-    except InvalidHeaderFormat:
-        options = []
-    if "upgrade" not in options:
-        raise InvalidUpgrade("Connection", ", ".join(connection) if connection else None)
+    connection = _values(headers, "connection")
+    if len(connection) != 1 or connection[0].lower() != "upgrade":
+        try:
+            options = [t for value in connection for t in parse_token_list(value, "Connection")]
+        except InvalidHeaderFormat:
+            options = []
+        if "upgrade" not in options:
+            raise InvalidUpgrade("Connection", ", ".join(connection) if connection else None)
 
     # RFC 6455 section 4.2.2: "If this version does not match a version
     # understood by the server, the server MUST abort the WebSocket handshake
@@ -223,7 +239,7 @@ def negotiate_extensions(
     :class:`~shardws.exceptions.InvalidHeaderFormat` (400) on a malformed
     header when ``factories`` is not empty.
     """
-    values = headers.get_all("Sec-WebSocket-Extensions")
+    values = _values(headers, "sec-websocket-extensions")
     if not values or not factories:
         return None, []
     offers = [offer for value in values for offer in parse_extension_list(value)]
@@ -266,11 +282,10 @@ def negotiate_subprotocol(
     :class:`~shardws.exceptions.InvalidHeaderFormat` (400) on a malformed
     header.
     """
-    offered = [
-        protocol
-        for value in headers.get_all("Sec-WebSocket-Protocol")
-        for protocol in parse_subprotocol_list(value)
-    ]
+    values = _values(headers, "sec-websocket-protocol")
+    if not values and select_subprotocol is None and not subprotocols:
+        return None
+    offered = [protocol for value in values for protocol in parse_subprotocol_list(value)]
     if select_subprotocol is not None:
         selected = select_subprotocol(list(offered))
         # RFC 6455 section 4.2.2: "the value chosen MUST be derived from the
@@ -319,22 +334,24 @@ def accept(
     extensions_header, accepted = negotiate_extensions(request.headers, extensions)
     subprotocol = negotiate_subprotocol(request.headers, subprotocols, select_subprotocol)
 
-    headers = Headers()
-    headers["Upgrade"] = "websocket"
-    headers["Connection"] = "Upgrade"
-    headers["Sec-WebSocket-Accept"] = accept_key(key)
+    pairs = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept_key(key)),
+    ]
     if extensions_header is not None:
-        headers["Sec-WebSocket-Extensions"] = extensions_header
+        pairs.append(("Sec-WebSocket-Extensions", extensions_header))
     # RFC 6455 section 4.2.2: "If the server does not wish to agree to one of
     # the suggested subprotocols, it MUST NOT send back a
     # |Sec-WebSocket-Protocol| header field in its response."
     if subprotocol is not None:
-        headers["Sec-WebSocket-Protocol"] = subprotocol
+        pairs.append(("Sec-WebSocket-Protocol", subprotocol))
     if server_header is DEFAULT:
         server_header = default_server_header()
     if server_header is not None:
-        headers["Server"] = server_header
-    return Response(101, "Switching Protocols", headers), subprotocol, accepted
+        pairs.append(("Server", server_header))
+    response = Response._make(101, "Switching Protocols", Headers._from_pairs(pairs))
+    return response, subprotocol, accepted
 
 
 def reject(

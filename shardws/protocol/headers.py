@@ -129,10 +129,27 @@ class Headers(MutableMapping[str, str]):
     def __init__(self, *args: HeadersLike, **kwargs: str) -> None:
         self._dict: dict[str, list[str]] = {}
         self._list: list[tuple[str, str]] = []
-        self.update(*args, **kwargs)
+        if args or kwargs:
+            self.update(*args, **kwargs)
+
+    @classmethod
+    def _from_pairs(cls, pairs: list[tuple[str, str]]) -> Headers:
+        """Headers holding ``pairs`` (the list is kept, not copied): ``h[n] = v`` for each, faster."""
+        headers = cls.__new__(cls)
+        index: dict[str, list[str]] = {}
+        for name, value in pairs:
+            key = name.lower()
+            values = index.get(key)
+            if values is None:
+                index[key] = [value]
+            else:
+                values.append(value)
+        headers._dict = index
+        headers._list = pairs
+        return headers
 
     def __str__(self) -> str:
-        return "".join(f"{name}: {value}\r\n" for name, value in self._list) + "\r\n"
+        return "".join([f"{name}: {value}\r\n" for name, value in self._list]) + "\r\n"
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self._list!r})"
@@ -151,9 +168,25 @@ class Headers(MutableMapping[str, str]):
         CR, LF, NUL, another CTL, or a character above U+00FF: no header
         injection can leave through here.
         """
-        for name, value in self._list:
-            check_header(name, value)
-        return str(self).encode("iso-8859-1")
+        pairs = self._list
+        if not pairs:
+            return b"\r\n"
+        # Every name and value checked at once (one pass in C over each
+        # kind); on anything wrong, check_header finds the culprit and raises.
+        try:
+            names = "".join([name for name, _ in pairs]).encode("ascii")
+            values = "".join([value for _, value in pairs]).encode("iso-8859-1")
+            valid = (
+                not names.translate(None, TCHAR_BYTES)
+                and len(values.translate(None, FORBIDDEN_VALUE_BYTES)) == len(values)
+                and all([name for name, _ in pairs])
+            )
+        except (TypeError, UnicodeEncodeError):
+            valid = False
+        if not valid:
+            for name, value in pairs:  # pragma: no branch (one of them raises)
+                check_header(name, value)
+        return ("\r\n".join(map(": ".join, pairs)) + "\r\n\r\n").encode("iso-8859-1")
 
     # Collection methods
 

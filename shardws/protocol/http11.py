@@ -128,6 +128,16 @@ class Response:
         self.headers = Headers(headers) if headers is not None else Headers()
         self.body = _as_body(body) if body is not None else b""
 
+    @classmethod
+    def _make(cls, status_code: int, reason_phrase: str, headers: Headers) -> Response:
+        """A response without a body holding ``headers`` itself (not a copy)."""
+        response = cls.__new__(cls)
+        response.status_code = status_code
+        response.reason_phrase = reason_phrase
+        response.headers = headers
+        response.body = b""
+        return response
+
     def __repr__(self) -> str:
         return (
             f"Response({self.status_code!r}, {self.reason_phrase!r}, "
@@ -159,10 +169,13 @@ class Response:
         code = self.status_code
         if not 100 <= code <= 999:
             raise ValueError(f"invalid HTTP status code: {code}")
-        if not is_field_value(self.reason_phrase):
-            raise ValueError(f"invalid HTTP reason phrase: {self.reason_phrase!r}")
+        reason = self.reason_phrase
+        # Printable ASCII is a valid reason phrase; anything else gets the full check.
+        printable = type(reason) is str and reason.isascii() and reason.isprintable()
+        if not printable and not is_field_value(reason):
+            raise ValueError(f"invalid HTTP reason phrase: {reason!r}")
         headers = self.headers
-        if "Transfer-Encoding" in headers:
+        if "transfer-encoding" in headers._dict:
             raise ValueError("Transfer-Encoding is not supported in a handshake response")
         # RFC 9110 section 8.6: "A server MUST NOT send a Content-Length header
         # field in any response with a status code of 1xx (Informational) or
@@ -170,7 +183,7 @@ class Response:
         if code < 200 or code == 204:
             if self.body:
                 raise ValueError(f"a {code} response cannot have a body")
-            if "Content-Length" in headers:
+            if "content-length" in headers._dict:
                 raise ValueError(f"a {code} response cannot have Content-Length")
         else:
             lengths = headers.get_all("Content-Length")
@@ -181,7 +194,7 @@ class Response:
                 raise ValueError(
                     f"Content-Length {lengths} does not match a {len(self.body)}-byte body"
                 )
-        status_line = f"HTTP/1.1 {code} {self.reason_phrase}\r\n".encode("iso-8859-1")
+        status_line = f"HTTP/1.1 {code} {reason}\r\n".encode("iso-8859-1")
         return status_line + headers.serialize() + self.body
 
 
@@ -231,6 +244,11 @@ class RequestParser:
         """Add bytes; return the request when its head is complete, else ``None``."""
         if self._done:
             raise InvalidState("the request parser is finished")
+        if self._scan == 0 and not self._buf:
+            # The usual case: the whole head arrives in the first read.
+            request = self._parse_whole(data)
+            if request is not None:
+                return request
         self._buf += data
         try:
             return self._parse()
@@ -238,6 +256,50 @@ class RequestParser:
             self._done = True
             self._buf = bytearray()
             raise
+
+    def _parse_whole(self, data: bytes | bytearray | memoryview) -> Request | None:
+        """One pass over a complete head in ``data``: the fast path of :meth:`feed`.
+
+        It only accepts: it returns ``None`` when the head is incomplete or
+        anything in it is unusual (a cap reached, a bare CR or LF, a CTL, a
+        header name that is not a token...), and :meth:`_parse` then goes
+        over the same bytes line by line and gives the exact answer, errors
+        included. It looks at most ``max_head`` bytes once (linear work).
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
+        max_head = self.max_head
+        end = data.find(b"\r\n\r\n", 0, max_head)
+        if end < 0:
+            return None
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        count = len(lines) - 1  # header lines
+        if (
+            count > self.max_headers
+            or max(map(len, lines)) > self.max_line
+            # no CR or LF but the line ends, and no other CTL anywhere
+            or len(head.translate(None, FORBIDDEN_VALUE_BYTES)) != len(head) - 2 * count
+        ):
+            return None
+        try:
+            request_line = self._parse_request_line(lines[0])
+        except InvalidMessage:
+            return None
+        pairs = []
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            # A name that is not a token also catches obs-fold, leading
+            # whitespace and a space before the colon.
+            if not name or name.translate(None, TCHAR_BYTES) or not colon:
+                return None
+            pairs.append((name.decode("ascii"), value.strip(b" \t").decode("iso-8859-1")))
+        self.bytes_scanned = end + 4
+        self._request_line = request_line
+        self._headers = Headers._from_pairs(pairs)
+        self._header_count = count
+        self._done = True
+        return self._request(data[end + 4 :])
 
     def _parse(self) -> Request | None:
         buf = self._buf
@@ -334,6 +396,13 @@ class RequestParser:
         self._headers[name.decode("ascii")] = value.decode("iso-8859-1")
 
     def _finish(self, head_end: int) -> Request:
+        remaining = bytes(self._buf[head_end:])
+        self._buf = bytearray()
+        self._done = True
+        return self._request(remaining)
+
+    def _request(self, remaining: bytes) -> Request:
+        """The checks on the whole head, then the request; ``remaining`` follows the head."""
         headers = self._headers
         # RFC 9112 section 3.2: "A server MUST respond with a 400 (Bad Request)
         # status code to any HTTP/1.1 request message that lacks a Host header
@@ -350,9 +419,7 @@ class RequestParser:
                 raise InvalidMessage("request body on an upgrade request")
         assert self._request_line is not None
         method, path, protocol = self._request_line
-        self.remaining = bytes(self._buf[head_end:])
-        self._buf = bytearray()
-        self._done = True
+        self.remaining = remaining
         return Request(path, headers, method, protocol)
 
     @property

@@ -191,3 +191,28 @@ def test_the_table_is_big_enough_and_valid_requests_pass():
 @pytest.mark.parametrize("chunk", [1 << 20, 1], ids=["whole", "bytewise"])
 def test_bad_request(data, status, kwargs, chunk):
     assert status_of(data, chunk, kwargs) == status
+
+
+def parser_outcome(data: bytes, chunk: int) -> tuple[object, ...]:
+    """What RequestParser makes of ``data`` fed in ``chunk``-byte pieces."""
+    parser = RequestParser()
+    try:
+        for i in range(0, len(data), chunk):
+            request = parser.feed(data[i : i + chunk])
+            if request is not None:
+                after = parser.remaining + data[i + chunk :]  # bytes after the head
+                return ("request", request, after, parser.bytes_scanned)
+    except InvalidHandshake as exc:
+        return ("error", type(exc), exc.status, str(exc))
+    return ("incomplete",)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [c[1] for c in BAD_REQUESTS] + [req(), req() + b"\x81\x80early"],
+    ids=[c[0] for c in BAD_REQUESTS] + ["valid", "valid with early bytes"],
+)
+def test_whole_head_and_bytewise_parse_agree(data):
+    # A head that arrives whole takes a one-pass fast path: it must reach the
+    # same request, or the same error (type, status, message), as bytewise.
+    assert parser_outcome(data, 1 << 20) == parser_outcome(data, 1)

@@ -160,6 +160,33 @@ def test_serialize_refuses_injection(name, value):
         headers.serialize()
     with pytest.raises(ValueError):
         check_header(name, value)
+    # Among valid headers, before or after it, the bad one is still found.
+    for around in (Headers([("Host", "h"), (name, value)]), Headers([(name, value), ("X-B", "b")])):
+        with pytest.raises(ValueError):
+            around.serialize()
+
+
+def test_serialize_refuses_a_non_str_name():
+    headers = Headers([("Host", "h")])
+    headers._list.append((b"X-A", "v"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        headers.serialize()
+
+
+SAFE_HEADERS = [
+    ("X-A", "v", b"X-A: v\r\n"),
+    ("".join(sorted(TCHAR)), "x", "".join(sorted(TCHAR)).encode() + b": x\r\n"),
+    ("X-Tab", "a\tb", b"X-Tab: a\tb\r\n"),
+    ("X-Latin", "caf\xe9 \xff", b"X-Latin: caf\xe9 \xff\r\n"),
+    ("X-Empty", "", b"X-Empty: \r\n"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "line"), SAFE_HEADERS)
+def test_check_header_and_serialize_accept_safe_headers(name, value, line):
+    assert check_header(name, value) is None
+    headers = Headers([("Host", "h"), (name, value)])
+    assert headers.serialize() == b"Host: h\r\n" + line + b"\r\n"
 
 
 # ------------------------------------------------------- character classes
