@@ -616,8 +616,24 @@ async def close_clients(clients: list[Client], websocket: bool) -> None:
         c.transport.abort()
 
 
+CPUS = (0, 0)  # (the servers' CPU, the generator's CPU), set by main()
+
+
+def cpu_busy() -> tuple[float, float]:
+    """Busy seconds (all but idle and iowait) of the servers' CPU and of the generator's CPU."""
+    times = psutil.cpu_times(percpu=True)
+    return tuple(sum(times[c]) - times[c].idle - getattr(times[c], "iowait", 0.0)  # type: ignore[return-value]
+                 for c in CPUS)
+
+
 class Point:
-    """Context for one measured window: wall time, generator and server CPU."""
+    """Context for one measured window: wall time, generator and server CPU %.
+
+    ``others`` is the CPU % that the servers' CPU and the generator's CPU
+    spent on anything but the server and the generator (other jobs, and
+    some kernel work not charged to a process): a point with much of it was
+    disturbed.
+    """
 
     def __init__(self, server_pids: list[int]) -> None:
         self.pids = server_pids
@@ -626,12 +642,15 @@ class Point:
         self.wall = time.perf_counter()
         self.gen = time.process_time()
         self.srv = process_cpu(self.pids)
+        self.busy = cpu_busy()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.wall
         self.gen = (time.process_time() - self.gen) / self.wall * 100
         self.srv = (process_cpu(self.pids) - self.srv) / self.wall * 100
+        busy = [(b - a) / self.wall * 100 for a, b in zip(self.busy, cpu_busy(), strict=True)]
+        self.others = (max(0.0, busy[0] - self.srv), max(0.0, busy[1] - self.gen))
 
 
 # test name: (clients, message size, frames per refill, refills in flight)
@@ -701,7 +720,12 @@ async def broadcast_rate(server: Any, deflate: bool, cfg: argparse.Namespace) ->
 
 
 class Upgrader(asyncio.Protocol):
-    """One handshake: upgrade, send a close frame, close TCP once the server answers it."""
+    """One handshake: upgrade, send a close frame, wait until the server closes TCP.
+
+    RFC 6455 7.1.1: "the server SHOULD close the underlying TCP connection
+    first, so that it holds the TIME_WAIT state and not the client" -- the
+    generator's ephemeral ports stay free however many handshakes it makes.
+    """
 
     def __init__(self, request: bytes, done: asyncio.Future[bool]) -> None:
         self.request = request
@@ -715,8 +739,7 @@ class Upgrader(asyncio.Protocol):
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
-        if self.upgraded:  # the server's close frame: the closing handshake is complete
-            self.transport.close()
+        if self.upgraded:  # the server's close frame: the server closes TCP next
             return
         self.head += data
         end = self.head.find(b"\r\n\r\n")
@@ -727,8 +750,6 @@ class Upgrader(asyncio.Protocol):
             self.transport.close()
             return
         self.transport.write(CLOSE_FRAME)
-        if len(self.head) > end + 4:  # the close frame came with the 101
-            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -842,11 +863,13 @@ async def measure(cfg: argparse.Namespace, cpus: tuple[int, int]) -> list[dict[s
                                 else:
                                     value, point = await handshake_rate(server, deflate, cfg)
                             row.update(value=value, seconds=round(point.wall, 3),
-                                       generator_cpu=round(point.gen, 1), server_cpu=round(point.srv, 1))
+                                       generator_cpu=round(point.gen, 1), server_cpu=round(point.srv, 1),
+                                       others_cpu=[round(x, 1) for x in point.others])
                             shown = f"{value:12,.1f}" if test == "idle_rss" else f"{value:12,.0f}"
                             print(f"pass {n + 1}  {label(test, deflate):18s} {name:13s} {shown} "
-                                  f"{UNITS[test]:15s} generator CPU {point.gen:5.1f} %  "
-                                  f"server CPU {point.srv:5.1f} %", flush=True)
+                                  f"{UNITS[test]:15s} CPU % generator {point.gen:3.0f} server "
+                                  f"{point.srv:3.0f} others {point.others[0]:3.0f} / "
+                                  f"{point.others[1]:3.0f}", flush=True)
                         except Exception as exc:  # one broken point does not spoil the run
                             row.update(value=None, error=repr(exc)[:500])
                             print(f"pass {n + 1}  {label(test, deflate):18s} {name:13s} FAILED: "
@@ -934,6 +957,10 @@ def table(points: list[dict[str, Any]], cfg: argparse.Namespace, cpus: tuple[int
         cells = [f"{gen[t, d, s]:.0f} / {srv[t, d, s]:.0f}" if (t, d, s) in gen else "-"
                  for s in names]
         lines.append(f"| {label(t, d)} | " + " | ".join(cells) + " |")
+    measured = [p for p in points if p.get("others_cpu")]
+    disturbed = [p for p in measured if max(p["others_cpu"]) > 20]
+    lines += ["", f"Points where the two CPUs spent more than 20 % on anything else (other jobs, "
+              f"kernel threads): {len(disturbed)} of {len(measured)}."]
     failed = [p for p in points if p.get("error")]
     if failed:
         lines += ["", f"{len(failed)} point(s) failed, e.g. {failed[0]['server']} "
@@ -981,7 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     quick = cfg.quick
     cfg.repeat = cfg.repeat or (1 if quick else 3)
-    cfg.seconds = cfg.seconds or (0.6 if quick else 1.5)
+    cfg.seconds = cfg.seconds or (0.6 if quick else 2.0)
     cfg.warmup = 0.2 if quick else 0.3
     cfg.rounds = 40 if quick else 100
     cfg.broadcast_connections = 1000
@@ -997,8 +1024,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown server or test: {', '.join(unknown)}")
 
+    global CPUS
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, load_cpu = cpus[0], cpus[1 % len(cpus)]
+    CPUS = (server_cpu, load_cpu)
     os.sched_setaffinity(0, {load_cpu})
     import uvloop
 
