@@ -957,15 +957,43 @@ def table(points: list[dict[str, Any]], cfg: argparse.Namespace, cpus: tuple[int
         cells = [f"{gen[t, d, s]:.0f} / {srv[t, d, s]:.0f}" if (t, d, s) in gen else "-"
                  for s in names]
         lines.append(f"| {label(t, d)} | " + " | ".join(cells) + " |")
+    lines += acceptance(med)
     measured = [p for p in points if p.get("others_cpu")]
     disturbed = [p for p in measured if max(p["others_cpu"]) > 20]
-    lines += ["", f"Points where the two CPUs spent more than 20 % on anything else (other jobs, "
-              f"kernel threads): {len(disturbed)} of {len(measured)}."]
+    if measured:
+        lines += ["", f"Points where the two CPUs spent more than 20 % on anything else (other jobs, "
+                  f"kernel threads): {len(disturbed)} of {len(measured)}."]
     failed = [p for p in points if p.get("error")]
     if failed:
         lines += ["", f"{len(failed)} point(s) failed, e.g. {failed[0]['server']} "
                   f"{label(failed[0]['test'], failed[0]['deflate'])}: {failed[0]['error'][:200]}"]
     return "\n".join(lines)
+
+
+# issue 7's acceptance: (test, deflate, peer or None for an absolute bound, bound, at least?)
+ACCEPTANCE = [
+    ("rr32", False, "websockets", 2.5, True), ("rr32", False, "picows", 1.0, True),
+    ("pipe32", False, "picows", 1.2, True), ("broadcast", False, "picows", 1.2, True),
+    ("big16k", False, "picows", 1.0, True), ("handshake", False, "picows", 1.0, True),
+    ("idle_rss", False, "websockets", 1.0, False), ("idle_rss", True, None, 16.0, False),
+]
+
+
+def acceptance(med: dict[tuple[str, bool, str], float]) -> list[str]:
+    """The issue's targets for shardws, met or not, from the medians of this run."""
+    lines = ["", "Targets (shardws, medians of this run):", ""]
+    for test, deflate, peer, bound, at_least in ACCEPTANCE:
+        ours = med.get((test, deflate, "shardws"))
+        theirs = med.get((test, deflate, peer)) if peer else 1.0
+        if ours is None or not theirs:
+            continue
+        value = ours / theirs
+        met = value >= bound if at_least else value <= bound
+        what = f"{value:.2f}x {peer}" if peer else f"{value:.1f} KiB"
+        want = (f"{'>=' if at_least else '<='} {bound:g}x" if peer
+                else f"{'>=' if at_least else '<='} {bound:g} KiB")
+        lines.append(f"- {label(test, deflate)}: {what} (target {want}): {'met' if met else 'MISSED'}")
+    return lines if len(lines) > 3 else []
 
 
 def write_docs(path: Path, text: str) -> None:
