@@ -120,7 +120,7 @@ class ServerConnection(asyncio.Protocol):
         "__weakref__",
         "_server",
         "_options",
-        "id",
+        "_id",
         "_logger",
         "_debug",
         "request",
@@ -150,7 +150,7 @@ class ServerConnection(asyncio.Protocol):
         self._server = server
         self._options = options
         self._loop = loop
-        self.id: uuid.UUID = uuid.uuid4()
+        self._id: uuid.UUID | None = None  # made on first use: most connections never need it
         self._logger: logging.LoggerAdapter[Any] | None = None
         self._debug = options.logger.isEnabledFor(logging.DEBUG)
         self.request: Request | None = None
@@ -166,7 +166,8 @@ class ServerConnection(asyncio.Protocol):
         self._early: list[bytes] = []  # bytes received after the request, before the 101
         self._protocol: Connection | None = None
         self._extensions: list[Any] = []
-        self._request_waiter: asyncio.Future[None] = loop.create_future()
+        # The task is only created once the request arrived: nothing waits for it.
+        self._request_waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[None] = loop.create_future()
         self._task: asyncio.Task[None] | None = None
         # incoming messages
@@ -194,6 +195,13 @@ class ServerConnection(asyncio.Protocol):
         self._fail_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ properties
+
+    @property
+    def id(self) -> uuid.UUID:
+        """A :class:`uuid.UUID` (uuid4) unique to the connection, made on first use."""
+        if self._id is None:
+            self._id = uuid.uuid4()
+        return self._id
 
     @property
     def logger(self) -> logging.LoggerAdapter[Any]:
@@ -293,9 +301,13 @@ class ServerConnection(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high, low)
         self._cork_limit = min(CORK_LIMIT, high)
         self._server._register(self)
-        # The task exists from now on, so that Server.close() sees it.
-        self._task = self._loop.create_task(self._run())
-        self._server._tasks.add(self._task)
+        # No task until the request arrives (Server.close() closes such
+        # connections itself): one timer bounds the wait. It lives in
+        # _keepalive_handle, which only serves keepalive once OPEN, so that
+        # connection_lost() cancels it.
+        timeout = self._options.open_timeout
+        if timeout is not None:
+            self._keepalive_handle = self._loop.call_later(timeout, self._open_timed_out)
 
     def data_received(self, data: bytes) -> None:
         protocol = self._protocol
@@ -316,14 +328,7 @@ class ServerConnection(asyncio.Protocol):
             self._send_rejection(error_response(exc))
             return
         if request is not None:
-            self.request = request
-            remaining = self._parser.remaining
-            if remaining:
-                self._early.append(bytes(remaining))
-            self._parser = None
-            self._update_reading()
-            if not self._request_waiter.done():
-                self._request_waiter.set_result(None)
+            self._request_received(request, self._parser.remaining)
 
     def eof_received(self) -> bool | None:
         if self._protocol is not None and self._protocol.state is not State.CLOSED:
@@ -969,11 +974,64 @@ class ServerConnection(asyncio.Protocol):
             return reject(500, _SERVER_ERROR_TEXT)
         return result
 
+    def _open_timed_out(self) -> None:
+        """``open_timeout`` passed before the request arrived: drop the TCP connection."""
+        self._keepalive_handle = None
+        self.handshake_exc = TimeoutError("timed out during opening handshake")
+        self.logger.info(
+            "opening handshake failed: timed out after %s s", self._options.open_timeout
+        )
+        self._transport.abort()
+
+    def _request_received(self, request: Request, remaining: bytes) -> None:
+        """The request head is parsed: answer it now, or in a task when a hook may await.
+
+        Without ``basic_auth``, ``process_request`` and ``process_response``
+        nothing can wait: the 101 (or the rejection) is written from this
+        read, reading never pauses, and a task is created only for the
+        handler. With a hook, reading pauses and the connection's task runs
+        the hooks, within what is left of ``open_timeout``.
+        """
+        self.request = request
+        self._parser = None
+        if remaining:
+            self._early.append(remaining)
+        deadline: float | None = None
+        handle = self._keepalive_handle
+        if handle is not None:
+            deadline = handle.when()
+            handle.cancel()
+            self._keepalive_handle = None
+        options = self._options
+        if (
+            options.auth_hook is None
+            and options.process_request is None
+            and options.process_response is None
+        ):
+            try:
+                response, extensions = self._accept(request)
+                opened = self._respond(request, response, extensions)
+            except Exception:
+                self.logger.error("opening handshake failed", exc_info=True)
+                self._transport.abort()
+                return
+            if opened:
+                self._opened()
+                self._start_task(None)
+            return
+        self._update_reading()  # pause until the 101 is written
+        self._start_task(deadline)
+
+    def _start_task(self, deadline: float | None) -> None:
+        task = self._loop.create_task(self._run(deadline))
+        self._task = task
+        self._server._tasks.add(task)
+
     async def _handshake(self) -> bool:
-        """Answer the opening handshake; True when the connection is OPEN."""
-        await self._request_waiter
+        """Run the hooks and answer the opening handshake; True when the connection is OPEN."""
         request = self.request
-        if request is None or self._transport.is_closing():
+        assert request is not None
+        if self._transport.is_closing():
             return False
         options = self._options
         response: Response | None = None
@@ -983,42 +1041,49 @@ class ServerConnection(asyncio.Protocol):
             response = await self._call_hook("process_request", options.process_request, request)
         extensions: list[Any] = []
         if response is None:
-            select = options.select_subprotocol
-            try:
-                response, self.subprotocol, extensions = accept(
-                    request,
-                    subprotocols=options.subprotocols,
-                    select_subprotocol=(
-                        None if select is None else (lambda offered: select(self, offered))
-                    ),
-                    extensions=options.extensions,
-                    origins=options.origins,
-                    server_header=options.server_header or None,
-                )
-            except InvalidHandshake as exc:
-                self.handshake_exc = exc
-                self.logger.info("opening handshake failed: %s", exc)
-                response = error_response(exc)
-            except Exception as exc:
-                self.handshake_exc = exc
-                self.logger.error("opening handshake failed", exc_info=True)
-                response = reject(500, _SERVER_ERROR_TEXT)
-            else:
-                if options.extra_headers is not None:
-                    try:
-                        self._apply_extra_headers(response, request)
-                    except Exception as exc:
-                        self.handshake_exc = exc
-                        self.logger.error(
-                            "opening handshake failed: extra_headers raised", exc_info=True
-                        )
-                        response = reject(500, _SERVER_ERROR_TEXT)
+            response, extensions = self._accept(request)
         if options.process_response is not None:
             replaced = await self._call_hook(
                 "process_response", options.process_response, request, response
             )
             if replaced is not None:
                 response = replaced
+        return self._respond(request, response, extensions)
+
+    def _accept(self, request: Request) -> tuple[Response, list[Any]]:
+        """The 101 for ``request`` (with ``extra_headers``), or the error response."""
+        options = self._options
+        select = options.select_subprotocol
+        try:
+            response, self.subprotocol, extensions = accept(
+                request,
+                subprotocols=options.subprotocols,
+                select_subprotocol=(
+                    None if select is None else (lambda offered: select(self, offered))
+                ),
+                extensions=options.extensions,
+                origins=options.origins,
+                server_header=options.server_header or None,
+            )
+        except InvalidHandshake as exc:
+            self.handshake_exc = exc
+            self.logger.info("opening handshake failed: %s", exc)
+            return error_response(exc), []
+        except Exception as exc:
+            self.handshake_exc = exc
+            self.logger.error("opening handshake failed", exc_info=True)
+            return reject(500, _SERVER_ERROR_TEXT), []
+        if options.extra_headers is not None:
+            try:
+                self._apply_extra_headers(response, request)
+            except Exception as exc:
+                self.handshake_exc = exc
+                self.logger.error("opening handshake failed: extra_headers raised", exc_info=True)
+                return reject(500, _SERVER_ERROR_TEXT), []
+        return response, extensions
+
+    def _respond(self, request: Request, response: Response, extensions: list[Any]) -> bool:
+        """Write ``response``; for a 101, become OPEN. True when the connection is OPEN."""
         # Do not open a connection while the server shuts down (websockets
         # answers 503 too); no await between this check and the write.
         if response.status_code == 101 and not self._server.is_serving():
@@ -1041,19 +1106,28 @@ class ServerConnection(asyncio.Protocol):
         self._extensions = extensions
         protocol = Connection(
             Side.SERVER,
-            max_size=options.max_size,
+            max_size=self._options.max_size,
             extensions=extensions,
             state=_OPEN,
         )
         self._protocol = protocol
         self._transport.write(head)
         self._handshaking = False
-        self._update_reading()
+        if self._reading_paused:
+            self._update_reading()
         if self._early:
             early = b"".join(self._early)
             self._early = []
             self._process_events(protocol.receive_data(early))
         return True
+
+    def _opened(self) -> None:
+        """The 101 is written: the connection is OPEN for the server and the registry."""
+        self._server._opened(self)
+        registry.add(self)
+        if self._debug:
+            self.logger.debug("connection open")
+        self._start_keepalive()
 
     def _apply_extra_headers(self, response: Response, request: Request) -> None:
         extra: Any = self._options.extra_headers
@@ -1074,29 +1148,31 @@ class ServerConnection(asyncio.Protocol):
                 del headers["Server"]
             headers[name] = value
 
-    async def _run(self) -> None:
-        """The connection's task: handshake, then the handler, then close."""
+    async def _run(self, deadline: float | None) -> None:
+        """The connection's task: the hooks and the 101 if not done yet, the handler, close.
+
+        ``deadline`` (loop time) ends the opening handshake (``open_timeout``).
+        """
         options = self._options
         try:
-            try:
-                async with asyncio.timeout(options.open_timeout):
-                    opened = await self._handshake()
-            except TimeoutError:
-                self.handshake_exc = TimeoutError("timed out during opening handshake")
-                self.logger.info("opening handshake failed: timed out after %s s", options.open_timeout)
-                self._transport.abort()
-                return
-            except Exception:
-                self.logger.error("opening handshake failed", exc_info=True)
-                self._transport.abort()
-                return
-            if not opened:
-                return
-            self._server._opened(self)
-            registry.add(self)
-            if self._debug:
-                self.logger.debug("connection open")
-            self._start_keepalive()
+            if self._protocol is None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        opened = await self._handshake()
+                except TimeoutError:
+                    self.handshake_exc = TimeoutError("timed out during opening handshake")
+                    self.logger.info(
+                        "opening handshake failed: timed out after %s s", options.open_timeout
+                    )
+                    self._transport.abort()
+                    return
+                except Exception:
+                    self.logger.error("opening handshake failed", exc_info=True)
+                    self._transport.abort()
+                    return
+                if not opened:
+                    return
+                self._opened()
             try:
                 await options.handler(self)
             except ConnectionClosed as exc:
@@ -1113,7 +1189,8 @@ class ServerConnection(asyncio.Protocol):
                 self.logger.error("connection handler failed", exc_info=True)
                 await self.close(1011)
             else:
-                await self.close()
+                if not self._closed_waiter.done():
+                    await self.close()
         except BaseException:
             # Cancelled (loop shutting down): never leak the socket.
             if not self._closed_waiter.done():

@@ -198,10 +198,11 @@ class Server:
         self.logger.info("server closing")
         if self.server is not None:
             self.server.close()
-        # Connections still waiting for their request line: nothing to answer.
-        for connection in list(self._connections):
-            if connection.request is None and not connection.closed:
-                connection._transport.close()
+        # Connections still waiting for their request line: nothing to answer
+        # (they have no task yet: wait for their end below).
+        waiting = [c for c in self._connections if c.request is None and not c.closed]
+        for connection in waiting:
+            connection._transport.close()
         if close_connections:
             closing = [
                 self.loop.create_task(connection.close(code, reason))
@@ -212,6 +213,8 @@ class Server:
         # Handlers finish (and close their connections) on their own time.
         if self._tasks:
             await asyncio.wait(list(self._tasks))
+        if waiting:
+            await asyncio.wait([connection._closed_waiter for connection in waiting])
         if self.server is not None:
             # Python < 3.12 may return before every transport is gone; our
             # own bookkeeping (above) is what guarantees the end.
