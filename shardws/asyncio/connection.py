@@ -225,11 +225,17 @@ class ServerConnection(asyncio.Protocol):
     @property
     def local_address(self) -> Any:
         """The server socket's address (``(host, port, ...)`` or a Unix path)."""
+        # Asked of the transport on first use (it keeps the addresses of a
+        # closed connection too): most connections never need them.
+        if self._local_address is None and self._transport is not None:
+            self._local_address = self._transport.get_extra_info("sockname")
         return self._local_address
 
     @property
     def remote_address(self) -> Any:
         """The client's address (``(host, port, ...)``; ``""`` on a Unix socket)."""
+        if self._remote_address is None and self._transport is not None:
+            self._remote_address = self._transport.get_extra_info("peername")
         return self._remote_address
 
     @property
@@ -288,15 +294,13 @@ class ServerConnection(asyncio.Protocol):
         registry.unsubscribe(self, topic)
 
     def __repr__(self) -> str:
-        return f"<ServerConnection {self.id} {self.state.name} {self._remote_address}>"
+        return f"<ServerConnection {self.id} {self.state.name} {self.remote_address}>"
 
     # ------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport: no isinstance check.
         self._transport = transport  # type: ignore[assignment]
-        self._local_address = transport.get_extra_info("sockname")
-        self._remote_address = transport.get_extra_info("peername")
         high, low = self._options.write_limits
         self._transport.set_write_buffer_limits(high, low)
         self._cork_limit = min(CORK_LIMIT, high)

@@ -220,6 +220,23 @@ class RequestParser:
       request or raised.
     """
 
+    __slots__ = (
+        "max_line",
+        "max_headers",
+        "max_head",
+        "remaining",
+        "bytes_scanned",
+        "_buf",
+        "_line_start",
+        "_scan",
+        "_request_line",
+        "_headers",
+        "_header_count",
+        "_done",
+    )
+
+    _headers: Headers  # set with the request line
+
     def __init__(
         self,
         *,
@@ -236,7 +253,6 @@ class RequestParser:
         self._line_start = 0  # where the current line begins in _buf
         self._scan = 0  # where the search for LF resumes: every byte before is known not LF
         self._request_line: tuple[str, str, str] | None = None
-        self._headers = Headers()
         self._header_count = 0
         self._done = False
 
@@ -332,6 +348,7 @@ class RequestParser:
                 raise InvalidMessage("bare CR in the request head")
             if self._request_line is None:
                 self._request_line = self._parse_request_line(line)
+                self._headers = Headers()
             elif line:
                 self._parse_header_line(line)
             else:
@@ -357,6 +374,8 @@ class RequestParser:
             target.startswith(b"/") or b"://" in target
         ):
             raise InvalidMessage("invalid request target")
+        if version == b"HTTP/1.1":
+            return method.decode("ascii"), target.decode("ascii"), "HTTP/1.1"
         # RFC 9112 section 2.3: HTTP-version = HTTP-name "/" DIGIT "." DIGIT
         if (
             len(version) != 8
@@ -404,17 +423,18 @@ class RequestParser:
     def _request(self, remaining: bytes) -> Request:
         """The checks on the whole head, then the request; ``remaining`` follows the head."""
         headers = self._headers
+        index = headers._dict  # lowercase name -> values
         # RFC 9112 section 3.2: "A server MUST respond with a 400 (Bad Request)
         # status code to any HTTP/1.1 request message that lacks a Host header
         # field and to any request message that contains more than one Host
         # header field line".
-        if len(headers.get_all("Host")) != 1:
+        if len(index.get("host", ())) != 1:
             raise InvalidMessage("missing or repeated Host header")
         # An upgrade request carries no body: the bytes after the head are
         # WebSocket frames. A body would be misread as frames.
-        if "Transfer-Encoding" in headers:
+        if "transfer-encoding" in index:
             raise InvalidMessage("Transfer-Encoding on an upgrade request")
-        for length in headers.get_all("Content-Length"):
+        for length in index.get("content-length", ()):
             if not length or length.strip("0"):  # anything but a zero
                 raise InvalidMessage("request body on an upgrade request")
         assert self._request_line is not None
