@@ -1,6 +1,6 @@
 """permessage-deflate (RFC 7692): negotiation and per-message (de)compression.
 
-Two public classes:
+Three public classes:
 
 * :class:`ServerPerMessageDeflateFactory` -- the server's configuration. The
   handshake calls :meth:`~ServerPerMessageDeflateFactory.process_request_params`
@@ -11,19 +11,34 @@ Two public classes:
   connection calls :meth:`~PerMessageDeflate.decompress` for every frame of a
   message whose first frame had RSV1 set, and :meth:`~PerMessageDeflate.compress`
   for every frame it sends.
+* :class:`ContextPool` -- bounds how many connections of a server keep
+  their zlib streams alive between messages.
 
-Memory: zlib streams are created on first use and, when a side does not take
-over its context, dropped at the end of every message, so an idle connection
-without context takeover holds no zlib state at all. ``docs/compression.md``
-has the measured cost per connection.
+Memory (``docs/compression.md`` has the measured cost per connection):
 
-Neither class is thread-safe; a :class:`PerMessageDeflate` belongs to one
+* zlib streams are created on first use, so a connection that negotiated
+  permessage-deflate and exchanged no message holds no zlib state;
+* a side without context takeover drops its stream at the end of every
+  message;
+* a side with context takeover keeps its stream while the connection is
+  among the :class:`ContextPool`'s most recently active; otherwise it keeps
+  only the last ``2**max_window_bits`` bytes of the stream (its LZ77
+  window) and rebuilds the stream from them, as a preset dictionary, on the
+  next message.
+
+A preset dictionary holding the last window of the stream is exactly what
+the peer's LZ77 window holds, so RFC 7692 context takeover is unchanged: the
+bytes on the wire may differ from what one long-lived compressor would emit,
+what they decode to does not.
+
+No class is thread-safe; a :class:`PerMessageDeflate` belongs to one
 connection. Pure computation: no I/O.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
@@ -37,6 +52,7 @@ from shardws.exceptions import (
 )
 
 __all__ = [
+    "ContextPool",
     "PerMessageDeflate",
     "ServerPerMessageDeflateFactory",
     "enable_server_permessage_deflate",
@@ -64,14 +80,17 @@ MIN_REMOTE_WINDOW_BITS = 8
 MAX_WINDOW_BITS = 15
 
 # compress_settings: the keyword arguments of zlib.compressobj that may be
-# tuned, with zlib's defaults. wbits is negotiated and zdict (a preset
-# dictionary) is unknown to the peer, so neither is accepted.
-_COMPRESS_DEFAULTS = {
-    "level": zlib.Z_DEFAULT_COMPRESSION,
-    "method": zlib.DEFLATED,
-    "memLevel": zlib.DEF_MEM_LEVEL,
-    "strategy": zlib.Z_DEFAULT_STRATEGY,
+# tuned, with the values deflateInit2() accepts. wbits is negotiated and
+# zdict (a preset dictionary) is unknown to the peer, so neither is accepted.
+_COMPRESS_SETTINGS: dict[str, range] = {
+    "level": range(zlib.Z_DEFAULT_COMPRESSION, 10),  # -1 (zlib's default, 6) .. 9
+    "method": range(zlib.DEFLATED, zlib.DEFLATED + 1),
+    "memLevel": range(1, 10),
+    "strategy": range(zlib.Z_DEFAULT_STRATEGY, zlib.Z_FIXED + 1),
 }
+
+# Default size of a server's ContextPool (ServerPerMessageDeflateFactory).
+MAX_LIVE_CONTEXTS = 256
 
 
 def _check_compress_settings(settings: Mapping[str, int] | None) -> dict[str, int]:
@@ -79,29 +98,117 @@ def _check_compress_settings(settings: Mapping[str, int] | None) -> dict[str, in
 
     Raises ValueError for keys other than ``level``, ``method``,
     ``memLevel``, ``strategy`` (``wbits`` is negotiated) and for values zlib
-    refuses, at configuration time rather than on the first message.
+    refuses, at configuration time rather than on the first message. Creates
+    no zlib object (it runs once per negotiated connection).
     """
     settings = dict(settings or {})
-    unknown = set(settings).difference(_COMPRESS_DEFAULTS)
+    unknown = set(settings).difference(_COMPRESS_SETTINGS)
     if unknown:
         raise ValueError(
-            f"compress_settings accepts {', '.join(_COMPRESS_DEFAULTS)}, "
+            f"compress_settings accepts {', '.join(_COMPRESS_SETTINGS)}, "
             f"not {', '.join(sorted(unknown))} (the window size is negotiated)"
         )
-    _new_compressor(MAX_WINDOW_BITS, settings)  # raises ValueError on bad values
+    for name, value in settings.items():
+        valid = _COMPRESS_SETTINGS[name]
+        if not isinstance(value, int) or value not in valid:
+            raise ValueError(f"compress_settings: {name} must be in {valid.start}..{valid.stop - 1}")
     return settings
 
 
-def _new_compressor(window_bits: int, settings: Mapping[str, int]) -> zlib._Compress:
-    """A raw DEFLATE compressor (no zlib header) with a 2**window_bits window."""
+def _new_compressor(
+    window_bits: int, settings: Mapping[str, int], window: bytearray | None = None
+) -> zlib._Compress:
+    """A raw DEFLATE compressor (no zlib header) with a 2**window_bits window.
+
+    ``window``: the last bytes already sent in this stream, preset as the
+    dictionary (the peer's window holds them).
+    """
     get = settings.get
-    return zlib.compressobj(
+    args = (
         get("level", zlib.Z_DEFAULT_COMPRESSION),
         get("method", zlib.DEFLATED),
         -window_bits,
         get("memLevel", zlib.DEF_MEM_LEVEL),
         get("strategy", zlib.Z_DEFAULT_STRATEGY),
     )
+    if window:
+        # A copy: zlib's docs ask that a mutable zdict stay unchanged.
+        return zlib.compressobj(*args, zdict=bytes(window))
+    return zlib.compressobj(*args)
+
+
+def _new_decompressor(window_bits: int, window: bytearray) -> zlib._Decompress:
+    """A raw DEFLATE decompressor whose window starts as ``window``."""
+    if window:
+        return zlib.decompressobj(wbits=-window_bits, zdict=bytes(window))
+    return zlib.decompressobj(wbits=-window_bits)
+
+
+def _slide(window: bytearray, data: bytes | bytearray | memoryview, size: int) -> None:
+    """Append ``data`` to ``window``, keeping its last ``size`` bytes.
+
+    In place: deleting from the front of a bytearray moves its start, so a
+    small message costs about its own length, not the window's.
+    """
+    n = len(data)
+    if n >= size:
+        window[:] = data[n - size :]
+        return
+    window += data
+    excess = len(window) - size
+    if excess > 0:
+        del window[:excess]
+
+
+class ContextPool:
+    """Which connections keep live zlib streams between messages: the ``size`` most recent.
+
+    One per :class:`ServerPerMessageDeflateFactory`, shared by the
+    :class:`PerMessageDeflate` instances it negotiates that take over their
+    context in at least one direction. Each of them enters the pool (or
+    moves to its recent end) whenever it compresses or inflates a frame with
+    context takeover; beyond ``size`` entries the least recently used one
+    drops its zlib streams (about 38 KiB for a compressor, 11 KiB for a
+    decompressor with 12-bit windows and ``memLevel`` 5) and rebuilds them
+    from its windows on its next message (measured: about 8 microseconds for
+    a compressor on a full 4 KiB window, 1 for a decompressor). A
+    decompressor in the middle of a fragmented message stays until the
+    message ends. ``size`` 0: every stream is rebuilt at every message.
+
+    Bounds the memory of live zlib streams to ``size`` connections whatever
+    the number of idle ones; a connection that closed stays in the pool
+    until pushed out. Not thread-safe: one event loop.
+    """
+
+    __slots__ = ("size", "_lru")
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError("max_live_contexts must be >= 0")
+        self.size = size
+        self._lru: OrderedDict[PerMessageDeflate, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def __repr__(self) -> str:
+        return f"ContextPool(size={self.size}, live={len(self._lru)})"
+
+    def use(self, extension: PerMessageDeflate) -> None:
+        """Mark ``extension``'s streams as just used; evict beyond ``size``.
+
+        The evicted instance may be ``extension`` itself (``size`` 0): a
+        stream already in use finishes its frame, the next message rebuilds.
+        """
+        lru = self._lru
+        try:
+            lru.move_to_end(extension)
+        except KeyError:
+            lru[extension] = None
+            extension._live = True
+            while len(lru) > self.size:
+                victim, _ = lru.popitem(last=False)
+                victim._evict()
 
 
 class PerMessageDeflate:
@@ -116,6 +223,10 @@ class PerMessageDeflate:
     every message (``local_no_context_takeover``); two instances with equal
     keys then produce identical bytes for the same message, so a broadcast can
     compress once per key.
+
+    ``pool``: the :class:`ContextPool` that decides whether the zlib
+    streams of a direction with context takeover stay alive between
+    messages (None: they always do, and no window is kept).
 
     Raises ValueError for window bits outside 8..15 (remote) or 9..15 (local:
     zlib cannot deflate with 8) and for bad ``compress_settings``.
@@ -132,6 +243,12 @@ class PerMessageDeflate:
         "share_key",
         "_decoder",
         "_encoder",
+        "_pool_in",
+        "_pool_out",
+        "_live",
+        "_in_message",
+        "_received",
+        "_sent",
     )
 
     def __init__(
@@ -141,6 +258,7 @@ class PerMessageDeflate:
         remote_max_window_bits: int,
         local_max_window_bits: int,
         compress_settings: Mapping[str, int] | None = None,
+        pool: ContextPool | None = None,
     ) -> None:
         if not MIN_REMOTE_WINDOW_BITS <= remote_max_window_bits <= MAX_WINDOW_BITS:
             raise ValueError("remote_max_window_bits must be between 8 and 15")
@@ -156,10 +274,20 @@ class PerMessageDeflate:
             if self.local_no_context_takeover
             else None
         )
-        # Created on first use; dropped after each message when the
-        # corresponding side does not take over its context.
+        # Created on first use (nothing of zlib for a connection that
+        # exchanged no message); dropped after each message without context
+        # takeover, or between messages once the pool evicts them.
         self._decoder: zlib._Decompress | None = None
         self._encoder: zlib._Compress | None = None
+        # The pool, per direction with context takeover.
+        self._pool_in = None if self.remote_no_context_takeover else pool
+        self._pool_out = None if self.local_no_context_takeover else pool
+        self._live = pool is None  # False: evicted, streams go at message end
+        self._in_message = False  # the decoder is inside a fragmented message
+        # The last 2**bits bytes inflated / sent (the LZ77 window both ends
+        # hold), preset when a stream is rebuilt.
+        self._received = bytearray()
+        self._sent = bytearray()
 
     def __repr__(self) -> str:
         return (
@@ -170,10 +298,18 @@ class PerMessageDeflate:
             f"local_max_window_bits={self.local_max_window_bits})"
         )
 
-    # ------------------------------------------------------------ receiving
+    def _evict(self) -> None:
+        """Called by the pool: drop the zlib streams, keep the windows.
 
-    def _new_decoder(self) -> zlib._Decompress:
-        return zlib.decompressobj(wbits=-self.remote_max_window_bits)
+        A decoder inside a fragmented message holds state that the window
+        cannot rebuild (a partial block): it goes at the end of the message.
+        """
+        self._live = False
+        self._encoder = None
+        if not self._in_message:
+            self._decoder = None
+
+    # ------------------------------------------------------------ receiving
 
     def decompress(self, data: bytes, fin: bool, max_length: int | None) -> bytes:
         """Inflate one frame's payload of a compressed message.
@@ -193,10 +329,16 @@ class PerMessageDeflate:
         (1002) on data that is not valid DEFLATE. After either, this object
         must not be used again (the connection fails).
         """
+        bits = self.remote_max_window_bits
+        pool = self._pool_in
+        if pool is not None:
+            pool.use(self)
         decoder = self._decoder
         if decoder is None or decoder.eof:
-            # A stream that ended with a BFINAL block cannot take more input.
-            decoder = self._decoder = self._new_decoder()
+            # First frame of a message, or the previous frame ended the
+            # stream with a BFINAL block (no more input accepted): a new
+            # stream on the same window.
+            decoder = self._decoder = _new_decompressor(bits, self._received)
         if fin:
             # RFC 7692 section 7.2.2: "Append 4 octets of 0x00 0x00 0xff 0xff
             # to the tail end of the payload of the message."
@@ -204,28 +346,41 @@ class PerMessageDeflate:
         # zlib is asked for limit + 1 bytes: a message of exactly max_length
         # bytes passes, one byte more is seen and refused.
         limit = -1 if max_length is None else max_length
+        size = 1 << bits
         try:
             out = self._inflate(decoder, data, limit)
+            window = self._received
+            _slide(window, out, size)
             # RFC 7692 section 7.2.3.4: a peer may end a block with BFINAL set
             # to 1; what follows (at least the appended tail, normally
             # 0x00 0x00 0x00 0xff 0xff) starts a new DEFLATE stream at the
-            # next octet. The new stream has an empty window: a reference
-            # across the boundary fails loudly ("invalid distance too far
-            # back") instead of producing wrong data.
+            # next octet, whose window is preset to what came before.
             while decoder.eof and decoder.unused_data:
                 rest = decoder.unused_data
-                decoder = self._decoder = self._new_decoder()
+                decoder = self._decoder = _new_decompressor(bits, window)
                 more = self._inflate(decoder, rest, -1 if limit < 0 else limit - len(out))
+                _slide(window, more, size)
                 out = out + more if out else more
         except zlib.error as exc:
             self._decoder = None
             raise RemoteProtocolError(f"invalid compressed data: {exc}") from None
+        self._in_message = not fin
+        if not fin:
+            return out
         # RFC 7692 section 7.2.2: "If the "agreed parameters" contain the
         # "client_no_context_takeover" extension parameter, the server MAY
         # decompress each new message with an empty LZ77 sliding window.
         # Otherwise, the server MUST decompress each new message using the
         # LZ77 sliding window used to process the last compressed message."
-        if fin and self.remote_no_context_takeover:
+        if self.remote_no_context_takeover:
+            self._decoder = None
+            window.clear()
+            return out
+        if not self._live:
+            # Evicted: a valid message ends on a block boundary (the
+            # appended tail completes an empty stored block, section
+            # 7.2.1), so the decoder holds nothing but its window, which
+            # the next message rebuilds from self._received.
             self._decoder = None
         return out
 
@@ -269,9 +424,18 @@ class PerMessageDeflate:
         """
         encoder = self._encoder
         if encoder is None:
+            # Our first message, a new message without context takeover, or
+            # a compressor the pool evicted: built on the window the peer
+            # holds (empty without context takeover).
             encoder = self._encoder = _new_compressor(
-                self.local_max_window_bits, self.compress_settings
+                self.local_max_window_bits, self.compress_settings, self._sent
             )
+        pool = self._pool_out
+        if pool is not None:
+            # Context takeover with a pool: keep the window, in case the
+            # compressor is evicted before the next message.
+            pool.use(self)
+            _slide(self._sent, data, 1 << self.local_max_window_bits)
         out = encoder.compress(data) + encoder.flush(zlib.Z_SYNC_FLUSH)
         if fin:
             # A sync flush always ends with an empty stored block, even with
@@ -367,6 +531,10 @@ class ServerPerMessageDeflateFactory:
       (``level``, ``memLevel``, ``strategy``), not ``wbits``.
     * ``require_client_max_window_bits``: decline offers from clients that
       cannot limit their window (they would inflate with 15 bits here).
+    * ``max_live_contexts`` (>= 0, None: no limit): how many connections
+      with context takeover keep their zlib streams alive between messages,
+      the most recently active ones (:class:`ContextPool`); the others keep
+      only their windows and rebuild the streams on their next message.
 
     Raises ValueError on invalid settings.
     """
@@ -381,6 +549,7 @@ class ServerPerMessageDeflateFactory:
         client_max_window_bits: int | None = None,
         compress_settings: Mapping[str, int] | None = None,
         require_client_max_window_bits: bool = False,
+        max_live_contexts: int | None = MAX_LIVE_CONTEXTS,
     ) -> None:
         if server_max_window_bits is not None and not (
             MIN_LOCAL_WINDOW_BITS <= server_max_window_bits <= MAX_WINDOW_BITS
@@ -398,6 +567,8 @@ class ServerPerMessageDeflateFactory:
         self.client_max_window_bits = client_max_window_bits
         self.compress_settings = _check_compress_settings(compress_settings)
         self.require_client_max_window_bits = require_client_max_window_bits
+        self.max_live_contexts = max_live_contexts
+        self._pool = None if max_live_contexts is None else ContextPool(max_live_contexts)
 
     def __repr__(self) -> str:
         return (
@@ -406,7 +577,8 @@ class ServerPerMessageDeflateFactory:
             f"client_no_context_takeover={self.client_no_context_takeover}, "
             f"server_max_window_bits={self.server_max_window_bits}, "
             f"client_max_window_bits={self.client_max_window_bits}, "
-            f"compress_settings={self.compress_settings})"
+            f"compress_settings={self.compress_settings}, "
+            f"max_live_contexts={self.max_live_contexts})"
         )
 
     def process_request_params(
@@ -480,6 +652,7 @@ class ServerPerMessageDeflateFactory:
             remote_max_window_bits=client_bits or MAX_WINDOW_BITS,
             local_max_window_bits=server_bits or MAX_WINDOW_BITS,
             compress_settings=self.compress_settings,
+            pool=self._pool,
         )
         return response, extension
 
@@ -490,8 +663,10 @@ def enable_server_permessage_deflate(
     """Return ``extensions`` plus a default permessage-deflate factory.
 
     The ``compression="deflate"`` default of ``serve()``: 4 KiB windows both
-    ways (12 bits) and ``memLevel`` 5, the defaults of websockets, which keep
-    a connection with context takeover around 60 KiB instead of 300 KiB (see
+    ways (12 bits) and ``memLevel`` 5, the defaults of websockets, which make
+    a connection's live zlib streams about 50 KiB instead of 300 KiB, and
+    at most ``MAX_LIVE_CONTEXTS`` (256) connections with live streams; the
+    others keep at most their two 4 KiB windows (see
     ``docs/compression.md``). An already configured permessage-deflate
     factory is kept unchanged.
     """

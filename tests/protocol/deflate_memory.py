@@ -4,7 +4,10 @@ Not a test: run ``PYTHONPATH=. python tests/protocol/deflate_memory.py``.
 For each configuration, 1000 PerMessageDeflate instances each compress one
 message and inflate one message from a peer with the matching settings; the
 memory still held afterwards, divided by 1000, is the idle cost of a
-connection. Each configuration runs in a fresh subprocess, measured twice:
+connection. With context takeover, "live" rows put every instance in a
+ContextPool large enough for all (the 256 most recently active connections
+of a server), "evicted" rows in a pool of 0 (the others: zlib streams
+dropped, windows kept). Each configuration runs in a fresh subprocess, measured twice:
 the growth of RSS (psutil, without tracemalloc) and the growth of traced
 allocations (tracemalloc, which sees zlib's allocations: CPython routes them
 through PyMem_RawMalloc). The peak of one message is tracemalloc's peak
@@ -21,30 +24,21 @@ import tracemalloc
 
 N = 1000
 
-# (label, remote_nct, local_nct, remote bits, local bits, compress_settings)
+ML5 = {"memLevel": 5}
+
+# (label, remote_nct, local_nct, remote bits, local bits, compress_settings,
+# pool: "live" (room for all), "evicted" (size 0))
 CONFIGS = [
-    ("zlib defaults: 15/15 bits, memLevel 8, context takeover", False, False, 15, 15, {}),
-    ("15/15 bits, memLevel 5, context takeover", False, False, 15, 15, {"memLevel": 5}),
-    (
-        "shardws default: 12/12 bits, memLevel 5, context takeover",
-        False,
-        False,
-        12,
-        12,
-        {"memLevel": 5},
-    ),
-    ("10/10 bits, memLevel 4, context takeover", False, False, 10, 10, {"memLevel": 4}),
-    ("9/9 bits, memLevel 1, context takeover", False, False, 9, 9, {"memLevel": 1}),
-    ("12/12 bits, memLevel 5, no context takeover (both)", True, True, 12, 12, {"memLevel": 5}),
-    (
-        "12/12 bits, memLevel 5, server_no_context_takeover only",
-        False,
-        True,
-        12,
-        12,
-        {"memLevel": 5},
-    ),
-    ("no compression (PerMessageDeflate not created)", None, None, 0, 0, {}),
+    ("zlib defaults: 15/15 bits, memLevel 8, takeover, live", False, False, 15, 15, {}, "live"),
+    ("15/15 bits, memLevel 5, takeover, live", False, False, 15, 15, ML5, "live"),
+    ("**shardws default: 12/12 bits, memLevel 5, takeover, live**", False, False, 12, 12, ML5, "live"),
+    ("**shardws default, evicted from the pool**", False, False, 12, 12, ML5, "evicted"),
+    ("15/15 bits, memLevel 5, takeover, evicted", False, False, 15, 15, ML5, "evicted"),
+    ("10/10 bits, memLevel 4, takeover, live", False, False, 10, 10, {"memLevel": 4}, "live"),
+    ("9/9 bits, memLevel 1, takeover, live", False, False, 9, 9, {"memLevel": 1}, "live"),
+    ("12/12 bits, memLevel 5, no context takeover (both)", True, True, 12, 12, ML5, "live"),
+    ("12/12, server_no_context_takeover only, live", False, True, 12, 12, ML5, "live"),
+    ("no compression (PerMessageDeflate not created)", None, None, 0, 0, {}, "live"),
 ]
 
 MESSAGE = json.dumps(
@@ -59,21 +53,23 @@ MESSAGE_2 = json.dumps(
 
 def wire_sizes(index: int) -> tuple[int, int]:
     """Compressed sizes of MESSAGE then MESSAGE_2 sent by one connection."""
-    from shardws.protocol.deflate import PerMessageDeflate
+    from shardws.protocol.deflate import ContextPool, PerMessageDeflate
 
-    _, remote_nct, local_nct, rbits, lbits, settings = CONFIGS[index]
+    _, remote_nct, local_nct, rbits, lbits, settings, kind = CONFIGS[index]
     if remote_nct is None:
         return len(MESSAGE), len(MESSAGE_2)
-    ext = PerMessageDeflate(bool(remote_nct), bool(local_nct), rbits, lbits, settings)
+    pool = ContextPool(1 if kind == "live" else 0)
+    ext = PerMessageDeflate(bool(remote_nct), bool(local_nct), rbits, lbits, settings, pool)
     return len(ext.compress(MESSAGE)), len(ext.compress(MESSAGE_2))
 
 
 def measure(index: int, traced: bool) -> dict[str, float]:
     import psutil
 
-    from shardws.protocol.deflate import PerMessageDeflate
+    from shardws.protocol.deflate import ContextPool, PerMessageDeflate
 
-    _, remote_nct, local_nct, rbits, lbits, settings = CONFIGS[index]
+    _, remote_nct, local_nct, rbits, lbits, settings, kind = CONFIGS[index]
+    pool = ContextPool(N if kind == "live" else 0)
     peers = []
     if remote_nct is not None:
         # Compressed peer messages, prepared before measuring.
@@ -92,7 +88,7 @@ def measure(index: int, traced: bool) -> dict[str, float]:
         if remote_nct is None:
             exts.append(object())
             continue
-        ext = PerMessageDeflate(bool(remote_nct), bool(local_nct), rbits, lbits, settings)
+        ext = PerMessageDeflate(bool(remote_nct), bool(local_nct), rbits, lbits, settings, pool)
         if traced and i == 0:
             tracemalloc.reset_peak()
             base = tracemalloc.get_traced_memory()[0]

@@ -1,8 +1,9 @@
 """permessage-deflate (RFC 7692): shardws/protocol/deflate.py.
 
 Table-driven: RFC 7692 section 7.2.3 examples, negotiation offers, invalid
-configurations, decompression bombs, corrupt input; hypothesis round trips
-over every parameter combination with random fragmentation.
+configurations, decompression bombs, corrupt input, lazy zlib state and the
+compressor pool; hypothesis round trips over every parameter combination with
+random fragmentation and compressors evicted between messages.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from shardws.exceptions import (
     RemoteProtocolError,
 )
 from shardws.protocol.deflate import (
+    MAX_LIVE_CONTEXTS,
+    ContextPool,
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
     enable_server_permessage_deflate,
@@ -41,8 +44,11 @@ def pmd(
     remote_bits: int = 15,
     local_bits: int = 15,
     compress_settings: dict[str, int] | None = None,
+    pool: ContextPool | None = None,
 ) -> PerMessageDeflate:
-    return PerMessageDeflate(remote_nct, local_nct, remote_bits, local_bits, compress_settings)
+    return PerMessageDeflate(
+        remote_nct, local_nct, remote_bits, local_bits, compress_settings, pool
+    )
 
 
 def receive(ext: PerMessageDeflate, frames: list[bytes], max_size: int | None = None) -> bytes:
@@ -84,6 +90,22 @@ RFC_DECODE_CASES = [
         [b"Hello"] * 2,
     ),
     ("7.2.3.4 BFINAL across frames", False, [["f348cdc9c90700", "00", ""]], [b"Hello"]),
+    # After a BFINAL block the next stream starts on the same LZ77 window
+    # (section 7.2.2: the "sliding window used to process the last
+    # compressed message"), within a message and across messages.
+    (
+        "BFINAL, then a reference into the previous message",
+        False,
+        [["f348cdc9c9070000"], ["f200110000"]],
+        [b"Hello"] * 2,
+    ),
+    ("BFINAL, then a reference across it", False, [["f348cdc9c90700f200110000"]], [b"Hello" * 2]),
+    (
+        "BFINAL, then a reference across it in the next frame",
+        True,
+        [["f348cdc9c90700", "f200110000"]],
+        [b"Hello" * 2],
+    ),
     ("7.2.3.5 two blocks", False, [["f24805000000ffffcac9c90700"]], [b"Hello"]),
     ("7.2.3.6 empty last fragment", False, [["f248cdc9c907000000ffff", "00"]], [b"Hello"]),
     ("empty message", False, [["00"]], [b""]),
@@ -96,12 +118,15 @@ RFC_DECODE_CASES = [
     [case[1:] for case in RFC_DECODE_CASES],
     ids=[case[0] for case in RFC_DECODE_CASES],
 )
-@pytest.mark.parametrize("max_length", [None, 5])
+@pytest.mark.parametrize("bounded", [False, True], ids=["unbounded", "max_size exact"])
 def test_rfc_decode(
-    remote_nct: bool, messages: list[list[str]], expected: list[bytes], max_length: int | None
+    remote_nct: bool, messages: list[list[str]], expected: list[bytes], bounded: bool
 ) -> None:
     ext = pmd(remote_nct=remote_nct)
-    got = [receive(ext, [H(f) for f in frames], max_length) for frames in messages]
+    got = [
+        receive(ext, [H(f) for f in frames], len(want) if bounded else None)
+        for frames, want in zip(messages, expected, strict=True)
+    ]
     assert got == expected
 
 
@@ -173,18 +198,19 @@ CORRUPT_CASES = [
     ),
     ("bad stored length", 15, [["0005000000"]]),
     ("garbage after BFINAL", 15, [["f348cdc9c90700ff"]]),
-    # After a BFINAL block the window is not carried over: a reference into
-    # it fails loudly instead of yielding wrong data (docs/compression.md).
-    ("reference across BFINAL", 15, [["f348cdc9c9070000"], ["f200110000"]]),
-    ("reference across BFINAL, one frame", 15, [["f348cdc9c9070000", "f200110000"]]),
+    ("bad stored block after BFINAL", 15, [["f348cdc9c9070000", "f200110000"]]),
+    # client_no_context_takeover agreed: the window is empty at each message.
+    ("reference into the previous message", None, [["f248cdc9c90700"], ["f200110000"]]),
+    ("reference across BFINAL", None, [["f348cdc9c9070000"], ["f200110000"]]),
 ]
 
 
 @pytest.mark.parametrize(
     ("bits", "messages"), [c[1:] for c in CORRUPT_CASES], ids=[c[0] for c in CORRUPT_CASES]
 )
-def test_corrupt_data_fails_with_1002(bits: int, messages: list[list[str]]) -> None:
-    ext = pmd(remote_bits=bits)
+def test_corrupt_data_fails_with_1002(bits: int | None, messages: list[list[str]]) -> None:
+    """bits None: 15 bits and client_no_context_takeover."""
+    ext = pmd(remote_bits=bits or 15, remote_nct=bits is None)
     for frames in messages[:-1]:
         receive(ext, [H(f) for f in frames])
     with pytest.raises(RemoteProtocolError) as info:
@@ -641,6 +667,13 @@ INVALID_FACTORY_CASES: list[tuple[str, F]] = [
     ("unknown setting", {"compress_settings": {"memlevel": 5}}),
     ("bad memLevel", {"compress_settings": {"memLevel": 10}}),
     ("bad level", {"compress_settings": {"level": 10}}),
+    ("level -2", {"compress_settings": {"level": -2}}),
+    ("level as text", {"compress_settings": {"level": "9"}}),
+    ("level as float", {"compress_settings": {"level": 9.0}}),
+    ("memLevel 0", {"compress_settings": {"memLevel": 0}}),
+    ("strategy 5", {"compress_settings": {"strategy": 5}}),
+    ("method 9", {"compress_settings": {"method": 9}}),
+    ("negative pool", {"max_live_contexts": -1}),
 ]
 
 
@@ -690,6 +723,8 @@ def test_repr() -> None:
     assert repr(ServerPerMessageDeflateFactory(server_max_window_bits=10)).startswith(
         "ServerPerMessageDeflateFactory(server_no_context_takeover=False, "
     )
+    assert repr(ServerPerMessageDeflateFactory()).endswith(", max_live_contexts=256)")
+    assert repr(ContextPool(3)) == "ContextPool(size=3, live=0)"
 
 
 # ------------------------------------------------------------ share_key
@@ -737,32 +772,237 @@ def test_no_share_key_with_context_takeover() -> None:
 # --------------------------------------------------------------- memory
 
 
+# Boundary values deflateInit2() accepts, each checked against zlib itself.
+VALID_SETTINGS_CASES: list[dict[str, int]] = [
+    {"level": -1},
+    {"level": 0},
+    {"level": 9},
+    {"memLevel": 1},
+    {"memLevel": 9},
+    {"strategy": zlib.Z_FIXED},
+    {"method": zlib.DEFLATED, "strategy": zlib.Z_DEFAULT_STRATEGY},
+]
+
+
+@pytest.mark.parametrize("settings_", VALID_SETTINGS_CASES, ids=str)
+def test_valid_compress_settings(settings_: dict[str, int]) -> None:
+    factory = ServerPerMessageDeflateFactory(compress_settings=settings_)
+    _, ext = factory.process_request_params([], [])
+    message = b"Hello, Hello, Hello"
+    assert receive(pmd(), [ext.compress(message)]) == message
+
+
+# ------------------------------------------------------ lazy zlib state
+
+
+@pytest.fixture
+def zlib_objects(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the zlib compressors and decompressors created from now on."""
+    created = {"compressobj": 0, "decompressobj": 0}
+    for name in created:
+        real = getattr(zlib, name)
+
+        def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            created[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(zlib, name, counting)
+    return created
+
+
+# (id, factory kwargs, client offer)
+LAZY_CASES: list[tuple[str, F, P]] = [
+    ("defaults", {}, [("client_max_window_bits", None)]),
+    (
+        "no context takeover",
+        {},
+        [("server_no_context_takeover", None), ("client_no_context_takeover", None)],
+    ),
+    ("15 bits, no pool", {"server_max_window_bits": 15, "max_live_contexts": None}, []),
+]
+
+
 @pytest.mark.parametrize(
-    ("nct", "max_bytes_per_connection"),
-    [(True, 1024), (False, 64 * 1024)],
-    ids=["no takeover", "takeover"],
+    ("factory_kwargs", "offer"), [c[1:] for c in LAZY_CASES], ids=[c[0] for c in LAZY_CASES]
 )
-def test_zlib_state_dropped_without_context_takeover(
-    nct: bool, max_bytes_per_connection: int
+def test_no_zlib_object_until_the_first_message(
+    zlib_objects: dict[str, int], factory_kwargs: F, offer: P
 ) -> None:
-    """No context takeover: nothing of zlib is kept between messages."""
+    """Negotiating creates nothing of zlib; each direction's first message creates its own."""
+    factory = ServerPerMessageDeflateFactory(**{**DEFAULTS, **factory_kwargs})
+    response, ext = factory.process_request_params(offer, [])
+    assert zlib_objects == {"compressobj": 0, "decompressobj": 0}
+    client = zlib.compressobj(wbits=-9)
+    zlib_objects["compressobj"] = 0
+    payload = (client.compress(b"Hello") + client.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    assert ext.decompress(payload, True, None) == b"Hello"
+    assert zlib_objects == {"compressobj": 0, "decompressobj": 1}
+    assert ext.compress(b"Hello")
+    assert zlib_objects == {"compressobj": 1, "decompressobj": 1}
+    assert response  # the offer was accepted with parameters
+
+
+# --------------------------------------------------------- compressor pool
+
+
+# (id, pool size, which of three connections sends (or receives) a message,
+# in turn; whether each of those messages created a zlib stream)
+POOL_CASES = [
+    ("fits", 3, "abcabc", [1, 1, 1, 0, 0, 0]),
+    ("least recently used evicted", 2, "abac" + "ab", [1, 1, 0, 1, 0, 1]),
+    ("cyclic, one too many", 2, "abcabc", [1] * 6),
+    ("size 1, same connection", 1, "aaab", [1, 0, 0, 1]),
+    ("size 0: rebuilt every time", 0, "aaa", [1, 1, 1]),
+]
+
+
+@pytest.mark.parametrize(
+    ("size", "uses", "created"), [c[1:] for c in POOL_CASES], ids=[c[0] for c in POOL_CASES]
+)
+def test_pool_keeps_the_most_recent_compressors(
+    zlib_objects: dict[str, int], size: int, uses: str, created: list[int]
+) -> None:
+    pool = ContextPool(size)
+    exts = {name: pmd(local_bits=12, pool=pool) for name in "abc"}
+    peers = {name: pmd(remote_bits=12) for name in "abc"}
+    got = []
+    for i, name in enumerate(uses):
+        before = zlib_objects["compressobj"]
+        message = f"message {i} from {name}: Hello, Hello".encode()
+        payload = exts[name].compress(message)
+        got.append(zlib_objects["compressobj"] - before)
+        # Evicted or not, the peer's one long-lived stream decodes it.
+        assert receive(peers[name], [payload]) == message
+    assert got == created
+    assert len(pool) == min(size, len(set(uses)))
+
+
+@pytest.mark.parametrize(
+    ("size", "uses", "created"), [c[1:] for c in POOL_CASES], ids=[c[0] for c in POOL_CASES]
+)
+def test_pool_keeps_the_most_recent_decompressors(
+    zlib_objects: dict[str, int], size: int, uses: str, created: list[int]
+) -> None:
+    pool = ContextPool(size)
+    exts = {name: pmd(remote_bits=12, pool=pool) for name in "abc"}
+    peers = {name: pmd(local_bits=12) for name in "abc"}  # one long-lived stream each
+    payloads = [
+        peers[name].compress(f"message {i} from {name}: Hello, Hello".encode())
+        for i, name in enumerate(uses)
+    ]
+    zlib_objects["compressobj"] = 0
+    got = []
+    for i, (name, payload) in enumerate(zip(uses, payloads, strict=True)):
+        before = zlib_objects["decompressobj"]
+        assert receive(exts[name], [payload]) == f"message {i} from {name}: Hello, Hello".encode()
+        got.append(zlib_objects["decompressobj"] - before)
+    assert got == created
+
+
+def test_pool_evicts_a_decompressor_at_the_end_of_its_message(
+    zlib_objects: dict[str, int],
+) -> None:
+    """Evicted inside a fragmented message, a decoder stays until the message ends.
+
+    With a pool of 0 every frame evicts the connection that it enters: the
+    second frame needs the decoder's partial block, the next message
+    rebuilds a decoder on the window.
+    """
+    ext, peer = pmd(pool=ContextPool(0)), pmd()
+    message = bytes(range(256)) * 4
+    # A frame boundary inside a block: the decoder holds a partial block.
+    payload = peer.compress(message)
+    first, second = payload[: len(payload) // 2], payload[len(payload) // 2 :]
+    assert receive(ext, [first, second]) == message
+    assert zlib_objects["decompressobj"] == 1
+    assert receive(ext, [peer.compress(message)]) == message  # on the rebuilt window
+    assert zlib_objects["decompressobj"] == 2
+
+
+# (id, remote no context takeover, local no context takeover, pool entered)
+POOL_DIRECTION_CASES = [
+    ("takeover both ways", False, False, True),
+    ("client takes over", False, True, True),
+    ("server takes over", True, False, True),
+    ("no takeover", True, True, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("remote_nct", "local_nct", "entered"),
+    [c[1:] for c in POOL_DIRECTION_CASES],
+    ids=[c[0] for c in POOL_DIRECTION_CASES],
+)
+def test_pool_holds_directions_with_context_takeover(
+    remote_nct: bool, local_nct: bool, entered: bool
+) -> None:
+    pool = ContextPool(1)
+    ext = pmd(remote_nct=remote_nct, local_nct=local_nct, pool=pool)
+    assert receive(ext, [pmd().compress(b"Hello")]) == b"Hello"
+    ext.compress(b"Hello")
+    assert len(pool) == int(entered)
+
+
+def test_factory_connections_share_one_pool(zlib_objects: dict[str, int]) -> None:
+    factory = ServerPerMessageDeflateFactory(max_live_contexts=1)
+    (_, a), (_, b) = (factory.process_request_params([], []) for _ in range(2))
+    a.compress(b"Hello")
+    b.compress(b"Hello")  # evicts a's compressor
+    a.compress(b"Hello")
+    assert zlib_objects["compressobj"] == 3
+    assert ServerPerMessageDeflateFactory().max_live_contexts == MAX_LIVE_CONTEXTS
+
+
+def test_evicted_in_the_middle_of_a_message() -> None:
+    """A compressor rebuilt between two frames of one message continues the stream."""
+    pool = ContextPool(1)
+    ext, other, peer = pmd(pool=pool), pmd(pool=pool), pmd()
+    first = bytes(range(256)) * 4
+    frames = [ext.compress(first, False)]
+    other.compress(b"evicts ext")
+    frames.append(ext.compress(first[::-1] + first, True))
+    assert receive(peer, frames) == first + first[::-1] + first
+
+
+# --------------------------------------------------------------- memory
+
+
+# (id, no context takeover (both ways), pool size, bytes held per connection: low, high)
+MEMORY_CASES = [
+    # Nothing of zlib between messages: the Python objects only.
+    ("no takeover", True, 0, 0, 1024),
+    # Both streams live (about 38 + 11 KiB), plus the two 4 KiB windows.
+    ("takeover, all in the pool", False, 50, 48 * 1024, 72 * 1024),
+    # Both streams live, no window kept but the last message inflated.
+    ("takeover, no pool", False, None, 40 * 1024, 64 * 1024),
+    # Both rebuilt from their windows: the two 4 KiB windows.
+    ("takeover, pool of 0", False, 0, 8 * 1024, 10 * 1024),
+]
+
+
+@pytest.mark.parametrize(
+    ("nct", "pool_size", "low", "high"),
+    [c[1:] for c in MEMORY_CASES],
+    ids=[c[0] for c in MEMORY_CASES],
+)
+def test_memory_held_between_messages(
+    nct: bool, pool_size: int | None, low: int, high: int
+) -> None:
     count = 50
-    message = bytes(range(256)) * 16
+    message = bytes(range(256)) * 16  # 4 KiB: fills a 12-bit window
+    payload = pmd(local_nct=nct, local_bits=12).compress(message)  # a first message
+    pool = None if pool_size is None else ContextPool(pool_size)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        exts = [pmd(nct, nct, 12, 12, {"memLevel": 5}) for _ in range(count)]
+        exts = [pmd(nct, nct, 12, 12, {"memLevel": 5}, pool) for _ in range(count)]
         for ext in exts:
-            payload = ext.compress(message)
-            peer = pmd(local_nct=nct, local_bits=12)
-            assert receive(ext, [peer.compress(message)]) == message
-            assert payload
+            assert ext.compress(bytes(range(256)) * 16)  # its own 4 KiB, as a server's are
+            assert receive(ext, [payload]) == message
         held = (tracemalloc.get_traced_memory()[0] - before) / count
     finally:
         tracemalloc.stop()
-    assert held < max_bytes_per_connection
-    if not nct:
-        assert held > 16 * 1024  # the windows really are kept
+    assert low <= held < high
 
 
 # ----------------------------------------------------------- round trips
@@ -771,7 +1011,7 @@ def test_zlib_state_dropped_without_context_takeover(
 @st.composite
 def conversations(
     draw: st.DrawFn,
-) -> tuple[PerMessageDeflate, PerMessageDeflate, list[list[bytes]], int]:
+) -> tuple[PerMessageDeflate, PerMessageDeflate, list[list[bytes]], int, PerMessageDeflate]:
     bits = draw(st.integers(9, 15))
     sender_nct = draw(st.booleans())
     # A receiver may reset its window only if the sender does ("either way"
@@ -795,7 +1035,12 @@ def conversations(
             },
         )
     )
-    sender = pmd(local_nct=sender_nct, local_bits=bits, compress_settings=settings_)
+    # A pool of 0 or 1 with another connection in it: the sender's
+    # compressor is rebuilt from its window between (and within) messages.
+    pool_size = draw(st.sampled_from([None, 0, 1]))
+    pool = None if pool_size is None else ContextPool(pool_size)
+    sender = pmd(local_nct=sender_nct, local_bits=bits, compress_settings=settings_, pool=pool)
+    other = pmd(pool=pool)
     receiver = pmd(remote_nct=receiver_nct, remote_bits=draw(st.integers(bits, 15)))
     alphabet = st.binary(min_size=0, max_size=64)
     pieces = st.lists(st.tuples(alphabet, st.integers(1, 40)), max_size=8)
@@ -805,7 +1050,7 @@ def conversations(
         cuts = sorted(draw(st.lists(st.integers(0, len(message)), max_size=4)))
         bounds = [0, *cuts, len(message)]
         messages.append([message[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
-    return sender, receiver, messages, draw(st.integers(0, 2**32 - 1))
+    return sender, receiver, messages, draw(st.integers(0, 2**32 - 1)), other
 
 
 def _resplit(data: bytes, rng: random.Random) -> Iterator[bytes]:
@@ -819,14 +1064,20 @@ def _resplit(data: bytes, rng: random.Random) -> Iterator[bytes]:
 @settings(max_examples=150, deadline=None)
 @given(conversations())
 def test_round_trip(
-    conversation: tuple[PerMessageDeflate, PerMessageDeflate, list[list[bytes]], int],
+    conversation: tuple[
+        PerMessageDeflate, PerMessageDeflate, list[list[bytes]], int, PerMessageDeflate
+    ],
 ) -> None:
-    sender, receiver, messages, seed = conversation
+    sender, receiver, messages, seed, other = conversation
     rng = random.Random(seed)
     reference = zlib.decompressobj(wbits=-sender.local_max_window_bits)
     for fragments in messages:
         message = b"".join(fragments)
-        payloads = [sender.compress(f, i == len(fragments) - 1) for i, f in enumerate(fragments)]
+        payloads = []
+        for i, fragment in enumerate(fragments):
+            if rng.random() < 0.5:
+                other.compress(b"another connection of the same pool")
+            payloads.append(sender.compress(fragment, i == len(fragments) - 1))
         compressed = b"".join(payloads)
         # The wire fragmentation is independent of how the sender flushed.
         frames = list(_resplit(compressed, rng))
