@@ -171,7 +171,7 @@ class ContextPool:
     drops its zlib streams (about 38 KiB for a compressor, 11 KiB for a
     decompressor with 12-bit windows and ``memLevel`` 5) and rebuilds them
     from its windows on its next message (measured: about 8 microseconds for
-    a compressor on a full 4 KiB window, 1 for a decompressor). A
+    a compressor on a full 4 KiB window, 1.5 for a decompressor). A
     decompressor in the middle of a fragmented message stays until the
     message ends. ``size`` 0: every stream is rebuilt at every message.
 

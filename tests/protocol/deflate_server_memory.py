@@ -4,7 +4,8 @@ Not a test: run ``PYTHONPATH=. python tests/protocol/deflate_server_memory.py``
 (``--connections N``, default 5000; about 30 s in all).
 
 For each row a fresh server subprocess runs ``shardws.serve(echo, "127.0.0.1",
-0)`` (the default ``compression="deflate"``, or ``compression=None``). This
+0, ...)`` (the default ``compression="deflate"``, a configured factory, or
+``compression=None``). This
 process opens the connections with raw sockets, in waves of 100, each
 sending the handshake request of the row (so the server negotiates what a
 browser would get) and then staying idle. The server's VmRSS
@@ -37,33 +38,38 @@ import zlib
 
 WAVE = 100
 
-# (label, compression argument, Sec-WebSocket-Extensions offer or None)
+BROWSER = "permessage-deflate; client_max_window_bits"
+
+# (label, keyword arguments of serve(), Sec-WebSocket-Extensions offer)
 ROWS = [
+    ("defaults: 12-bit windows, memLevel 5, context takeover", "", BROWSER),
     (
-        "defaults (12-bit windows, memLevel 5, context takeover)",
-        '"deflate"',
-        "permessage-deflate; client_max_window_bits",
+        "defaults, max_live_contexts=None (every stream stays live)",
+        "extensions=[ServerPerMessageDeflateFactory(server_max_window_bits=12, "
+        "client_max_window_bits=12, compress_settings={'memLevel': 5}, max_live_contexts=None)]",
+        BROWSER,
     ),
     (
-        "no context takeover (offered by the client, both directions)",
-        '"deflate"',
+        "defaults, client offers no context takeover (both directions)",
+        "",
         "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
         "client_max_window_bits",
     ),
-    ("compression=None", "None", "permessage-deflate; client_max_window_bits"),
+    ("compression=None", "compression=None", BROWSER),
 ]
 
 SERVER = """
 import asyncio, resource
 resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
 import shardws
+from shardws.protocol.deflate import ServerPerMessageDeflateFactory
 
 async def echo(ws):
     async for message in ws:
         await ws.send(message)
 
 async def main():
-    async with shardws.serve(echo, "127.0.0.1", 0, compression=COMPRESSION) as server:
+    async with shardws.serve(echo, "127.0.0.1", 0, KWARGS) as server:
         print(server.sockets[0].getsockname()[1], flush=True)
         await server.serve_forever()
 
@@ -179,8 +185,8 @@ async def open_wave(port: int, offer: str, count: int) -> list[Client]:
     return clients
 
 
-async def measure_row(compression: str, offer: str, connections: int) -> dict[str, object]:
-    program = SERVER.replace("COMPRESSION", compression)
+async def measure_row(kwargs: str, offer: str, connections: int) -> dict[str, object]:
+    program = SERVER.replace("KWARGS", kwargs)
     errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     server = subprocess.Popen(
         [sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=errors
@@ -235,8 +241,8 @@ def main() -> None:
     print(f"{args.connections} connections; message: {len(TEXT)} bytes each way\n")
     print("| server / client offer | negotiated | KiB/conn, fresh | KiB/conn, after one message |")
     print("| --- | --- | ---: | ---: |")
-    for label, compression, offer in ROWS:
-        row = asyncio.run(measure_row(compression, offer, args.connections))
+    for label, kwargs, offer in ROWS:
+        row = asyncio.run(measure_row(kwargs, offer, args.connections))
         print(
             f"| {label} | `{row['negotiated']}` | {row['fresh']:.1f} | {row['after']:.1f} |",
             flush=True,
