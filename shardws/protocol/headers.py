@@ -133,6 +133,14 @@ class Headers(MutableMapping[str, str]):
             self.update(*args, **kwargs)
 
     @classmethod
+    def _from_index(cls, pairs: list[tuple[str, str]], index: dict[str, list[str]]) -> Headers:
+        """Headers from ``pairs`` and their index (lowercase name -> values), both kept."""
+        headers = cls.__new__(cls)
+        headers._dict = index
+        headers._list = pairs
+        return headers
+
+    @classmethod
     def _from_pairs(cls, pairs: list[tuple[str, str]]) -> Headers:
         """Headers holding ``pairs`` (the list is kept, not copied): ``h[n] = v`` for each, faster."""
         headers = cls.__new__(cls)

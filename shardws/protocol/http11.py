@@ -49,6 +49,50 @@ _TARGET_FORBIDDEN = bytes([*range(0x00, 0x21), *range(0x7F, 0x100)])
 
 BodyLike = bytes | bytearray | memoryview | str
 
+# Header names and values of a usual handshake request, decoded once: the
+# fast path of RequestParser takes them from here (shared strings, smaller
+# idle connections). Static tables: what clients send never adds to them.
+_KNOWN_NAMES: dict[bytes, tuple[str, str]] = {
+    name.encode(): (name, name.lower())
+    for name in (
+        "Host",
+        "Upgrade",
+        "Connection",
+        "Origin",
+        "User-Agent",
+        "Pragma",
+        "Cache-Control",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Extensions",
+        "Sec-WebSocket-Protocol",
+        "host",
+        "upgrade",
+        "connection",
+        "origin",
+        "user-agent",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    )
+}
+_KNOWN_VALUES: dict[bytes, str] = {
+    b" " + value.encode(): value
+    for value in (
+        "websocket",
+        "Upgrade",
+        "upgrade",
+        "keep-alive, Upgrade",
+        "13",
+        "no-cache",
+        "permessage-deflate; client_max_window_bits",
+        "gzip, deflate, br",
+    )
+}
+
 
 @dataclass
 class Request:
@@ -303,16 +347,33 @@ class RequestParser:
         except InvalidMessage:
             return None
         pairs = []
+        index: dict[str, list[str]] = {}
         for line in lines[1:]:
-            name, colon, value = line.partition(b":")
+            name, colon, raw = line.partition(b":")
+            known = _KNOWN_NAMES.get(name)
+            if known is not None:
+                text, key = known
             # A name that is not a token also catches obs-fold, leading
             # whitespace and a space before the colon.
-            if not name or name.translate(None, TCHAR_BYTES) or not colon:
+            elif not name or name.translate(None, TCHAR_BYTES):
                 return None
-            pairs.append((name.decode("ascii"), value.strip(b" \t").decode("iso-8859-1")))
+            else:
+                text = name.decode("ascii")
+                key = text.lower()
+            if not colon:
+                return None
+            value = _KNOWN_VALUES.get(raw)
+            if value is None:
+                value = raw.strip(b" \t").decode("iso-8859-1")
+            pairs.append((text, value))
+            values = index.get(key)
+            if values is None:
+                index[key] = [value]
+            else:
+                values.append(value)
         self.bytes_scanned = end + 4
         self._request_line = request_line
-        self._headers = Headers._from_pairs(pairs)
+        self._headers = Headers._from_index(pairs, index)
         self._header_count = count
         self._done = True
         return self._request(data[end + 4 :])
