@@ -959,7 +959,7 @@ class ServerConnection(asyncio.Protocol):
         # RFC 9110 6.6.1: "An origin server with a clock MUST generate a Date
         # header field in all 2xx (Successful), 3xx (Redirection), and 4xx
         # (Client Error) responses".
-        if "Date" not in headers:
+        if "date" not in headers._dict:
             headers["Date"] = http_date()
         return response
 

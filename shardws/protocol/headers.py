@@ -182,19 +182,22 @@ class Headers(MutableMapping[str, str]):
         # Every name and value checked at once (one pass in C over each
         # kind); on anything wrong, check_header finds the culprit and raises.
         try:
-            names = "".join([name for name, _ in pairs]).encode("ascii")
-            values = "".join([value for _, value in pairs]).encode("iso-8859-1")
+            names = [name for name, _ in pairs]
+            joined = "".join(names)
+            raw = ("\r\n".join(map(": ".join, pairs)) + "\r\n\r\n").encode("iso-8859-1")
+            # The only CTLs are the line ends: 2 per line.
             valid = (
-                not names.translate(None, TCHAR_BYTES)
-                and len(values.translate(None, FORBIDDEN_VALUE_BYTES)) == len(values)
-                and all([name for name, _ in pairs])
+                joined.isascii()
+                and not joined.encode("ascii").translate(None, TCHAR_BYTES)
+                and "" not in names
+                and len(raw.translate(None, FORBIDDEN_VALUE_BYTES)) == len(raw) - 2 * len(pairs) - 2
             )
         except (TypeError, UnicodeEncodeError):
             valid = False
         if not valid:
             for name, value in pairs:  # pragma: no branch (one of them raises)
                 check_header(name, value)
-        return ("\r\n".join(map(": ".join, pairs)) + "\r\n\r\n").encode("iso-8859-1")
+        return raw
 
     # Collection methods
 
