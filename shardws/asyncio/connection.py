@@ -8,9 +8,10 @@ back at once, one ``write``/``writelines`` per read. Messages from ``send()``
 are corked: those queued in one loop iteration go out in one write (a
 ``call_soon`` flush, or at once past 64 KiB or ``write_limit``); every write
 takes the protocol's queue in order, so a message never passes a control
-frame or a broadcast queued after it. There is one task per connection: it
-runs the opening handshake and then the user's handler; reading needs no
-task.
+frame or a broadcast queued after it. There is at most one task per
+connection, created once the request has arrived: it runs the user's handler
+(and first the hooks of the opening handshake, when the server has any);
+without hooks the 101 is written from data_received. Reading needs no task.
 
 Flow control (all bounded):
 
@@ -23,7 +24,7 @@ transport write buffer > ``write_limit`` ``send()`` waits for ``resume_writing``
                                         and reading pauses too (a peer that
                                         does not read cannot make us queue
                                         pongs without bound)
-opening handshake being processed       reading pauses until the 101 is sent
+opening handshake hooks running         reading pauses until the 101 is sent
 a protocol error held back after        reading pauses until the failure is
 messages of the same read (the          applied: when ``recv()`` finds no
 protocol's ``pending_failure``)         message left, when the handler
