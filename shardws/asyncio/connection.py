@@ -982,6 +982,8 @@ class ServerConnection(asyncio.Protocol):
     def _open_timed_out(self) -> None:
         """``open_timeout`` passed before the request arrived: drop the TCP connection."""
         self._keepalive_handle = None
+        if self._transport.is_closing():
+            return  # closed meanwhile (Server.close()): connection_lost() is on its way
         self.handshake_exc = TimeoutError("timed out during opening handshake")
         self.logger.info(
             "opening handshake failed: timed out after %s s", self._options.open_timeout
