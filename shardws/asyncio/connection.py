@@ -1003,18 +1003,20 @@ class ServerConnection(asyncio.Protocol):
         self._parser = None
         if remaining:
             self._early.append(remaining)
+        options = self._options
+        hooks = (
+            options.auth_hook is not None
+            or options.process_request is not None
+            or options.process_response is not None
+        )
         deadline: float | None = None
         handle = self._keepalive_handle
         if handle is not None:
-            deadline = handle.when()
+            if hooks:
+                deadline = handle.when()
             handle.cancel()
             self._keepalive_handle = None
-        options = self._options
-        if (
-            options.auth_hook is None
-            and options.process_request is None
-            and options.process_response is None
-        ):
+        if not hooks:
             try:
                 response, extensions = self._accept(request)
                 opened = self._respond(request, response, extensions)

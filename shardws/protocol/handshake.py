@@ -334,23 +334,32 @@ def accept(
     extensions_header, accepted = negotiate_extensions(request.headers, extensions)
     subprotocol = negotiate_subprotocol(request.headers, subprotocols, select_subprotocol)
 
+    accept_value = accept_key(key)
     pairs = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", accept_key(key)),
+        ("Sec-WebSocket-Accept", accept_value),
     ]
+    index = {
+        "upgrade": ["websocket"],
+        "connection": ["Upgrade"],
+        "sec-websocket-accept": [accept_value],
+    }
     if extensions_header is not None:
         pairs.append(("Sec-WebSocket-Extensions", extensions_header))
+        index["sec-websocket-extensions"] = [extensions_header]
     # RFC 6455 section 4.2.2: "If the server does not wish to agree to one of
     # the suggested subprotocols, it MUST NOT send back a
     # |Sec-WebSocket-Protocol| header field in its response."
     if subprotocol is not None:
         pairs.append(("Sec-WebSocket-Protocol", subprotocol))
+        index["sec-websocket-protocol"] = [subprotocol]
     if server_header is DEFAULT:
         server_header = default_server_header()
     if server_header is not None:
         pairs.append(("Server", server_header))
-    response = Response._make(101, "Switching Protocols", Headers._from_pairs(pairs))
+        index["server"] = [server_header]
+    response = Response._make(101, "Switching Protocols", Headers._from_index(pairs, index))
     return response, subprotocol, accepted
 
 

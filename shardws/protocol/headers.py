@@ -140,22 +140,6 @@ class Headers(MutableMapping[str, str]):
         headers._list = pairs
         return headers
 
-    @classmethod
-    def _from_pairs(cls, pairs: list[tuple[str, str]]) -> Headers:
-        """Headers holding ``pairs`` (the list is kept, not copied): ``h[n] = v`` for each, faster."""
-        headers = cls.__new__(cls)
-        index: dict[str, list[str]] = {}
-        for name, value in pairs:
-            key = name.lower()
-            values = index.get(key)
-            if values is None:
-                index[key] = [value]
-            else:
-                values.append(value)
-        headers._dict = index
-        headers._list = pairs
-        return headers
-
     def __str__(self) -> str:
         return "".join([f"{name}: {value}\r\n" for name, value in self._list]) + "\r\n"
 

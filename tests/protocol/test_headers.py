@@ -126,18 +126,6 @@ def test_equality_clear_repr_hash():
         hash(Headers())
 
 
-@pytest.mark.parametrize(
-    "pairs",
-    [[], [("Host", "h")], [("X-A", "1"), ("Host", "h"), ("x-a", "2"), ("X-A", "3")]],
-    ids=["empty", "one", "repeated names"],
-)
-def test_built_from_pairs_like_one_by_one(pairs):
-    built = Headers._from_pairs(list(pairs))
-    assert built == Headers(pairs)
-    assert list(built.raw_items()) == pairs
-    assert built.get_all("x-a") == [value for name, value in pairs if name.lower() == "x-a"]
-
-
 def test_str_and_serialize():
     headers = Headers([("Host", "h"), ("X-Latin", "caf\xe9")])
     assert str(headers) == "Host: h\r\nX-Latin: caf\xe9\r\n\r\n"
