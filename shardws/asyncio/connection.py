@@ -386,16 +386,18 @@ class ServerConnection(asyncio.Protocol):
         assert protocol is not None
         messages = self._messages
         added = 0
+        queued = self._queued_bytes
         for event in events:
             kind = type(event)
             if kind is str or kind is bytes:
                 messages.append(event)
-                self._queued_bytes += len(event)
+                queued += len(event)
                 added += 1
             elif kind is Pong:
                 self._acknowledge_pings(event.data)
             # Ping: the protocol already queued the pong. Close: the protocol
             # answered it and moved to CLOSING; _flush() closes the transport.
+        self._queued_bytes = queued
         if added:
             _registry_stats.messages_in += added
             waiter = self._recv_waiter
@@ -424,7 +426,8 @@ class ServerConnection(asyncio.Protocol):
                         added -= 1
         if protocol.pending_failure is not None and self._fail_handle is None:
             self._failure_held_back()
-        self._flush()
+        if protocol.state is not _OPEN or protocol.has_data_to_send():
+            self._flush()
 
     def _failure_held_back(self) -> None:
         """The protocol held a failure back after messages: stop reading, bound the wait."""
@@ -522,10 +525,9 @@ class ServerConnection(asyncio.Protocol):
             return message
         while not messages:
             if self._closed_waiter.done():
-                exc = self._close_exc()
-                if iterating and isinstance(exc, ConnectionClosedOK):
-                    raise StopAsyncIteration
-                raise exc
+                if iterating and self._closed_ok():
+                    raise StopAsyncIteration  # no exception object built for nothing
+                raise self._close_exc()
             if self._fail_handle is not None:
                 # Every message before the protocol error was consumed: now
                 # the connection fails (the close frame follows the answers).
@@ -538,7 +540,10 @@ class ServerConnection(asyncio.Protocol):
                 await waiter
             finally:
                 self._recv_waiter = None
-        message = self._pop_message()
+        message = messages.popleft()
+        self._queued_bytes -= len(message)
+        if self._queue_full:
+            self._resume_if_drained()
         if decode is None:
             return message
         if decode and isinstance(message, bytes):
@@ -859,23 +864,26 @@ class ServerConnection(asyncio.Protocol):
         """Wait until the TCP connection is closed (closing handshake included)."""
         await asyncio.shield(self._closed_waiter)
 
+    def _closed_ok(self) -> bool:
+        """Did both close frames carry 1000, 1001 or 1005 (websockets' "OK")?"""
+        protocol = self._protocol
+        if protocol is None:
+            return False
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
+        return (
+            rcvd is not None
+            and sent is not None
+            and rcvd.code in OK_CLOSE_CODES
+            and sent.code in OK_CLOSE_CODES
+        )
+
     def _close_exc(self) -> ConnectionClosed:
         """The exception telling how the connection closed (websockets' rules)."""
         protocol = self._protocol
         if protocol is None:
             return ConnectionClosedError(None, None, None)
-        rcvd, sent = protocol.close_rcvd, protocol.close_sent
-        exc_type: type[ConnectionClosed]
-        if (
-            rcvd is not None
-            and sent is not None
-            and rcvd.code in OK_CLOSE_CODES
-            and sent.code in OK_CLOSE_CODES
-        ):
-            exc_type = ConnectionClosedOK
-        else:
-            exc_type = ConnectionClosedError
-        exc = exc_type(rcvd, sent, protocol.close_rcvd_then_sent)
+        exc_type = ConnectionClosedOK if self._closed_ok() else ConnectionClosedError
+        exc = exc_type(protocol.close_rcvd, protocol.close_sent, protocol.close_rcvd_then_sent)
         if protocol.failure is not None:
             exc.__cause__ = protocol.failure
         return exc

@@ -575,6 +575,10 @@ class Connection:
 
     # ------------------------------------------------------------- send
 
+    def has_data_to_send(self) -> bool:
+        """True when :meth:`data_to_send` would return something."""
+        return bool(self._out)
+
     def data_to_send(self) -> list[bytes]:
         """Return the bytes to write, in order, and forget them.
 
