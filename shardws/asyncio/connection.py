@@ -357,15 +357,29 @@ class ServerConnection(asyncio.Protocol):
         protocol = self._protocol
         if protocol is not None and protocol.state is not State.CLOSED:
             protocol.receive_eof()
-        for handle in (self._keepalive_handle, self._close_handle, self._fail_handle):
-            if handle is not None:
-                handle.cancel()
-        self._keepalive_handle = self._close_handle = self._fail_handle = None
+        # Usually no timer runs and only _closed_waiter (and the handler's
+        # _recv_waiter) wait: test each slot rather than build tuples
+        # (_request_waiter is never set since the handshake needs no task).
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        if self._close_handle is not None:
+            self._close_handle.cancel()
+            self._close_handle = None
+        if self._fail_handle is not None:
+            self._fail_handle.cancel()
+            self._fail_handle = None
         self._write_paused = False
-        for waiter in (self._request_waiter, self._closed_waiter, self._recv_waiter, self._drain_waiter):
-            if waiter is not None and not waiter.done():
+        if not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
                 waiter.set_result(None)
-        self._drain_waiter = None
         if self._pending_pings:
             closed = self._close_exc()
             for pong_waiter, _ in self._pending_pings.values():
@@ -601,6 +615,16 @@ class ServerConnection(asyncio.Protocol):
         # connection first" once the closing handshake is done.
         if protocol.close_transport_now() and not transport.is_closing():
             transport.close()
+            if (
+                not transport.get_write_buffer_size()
+                and transport.get_extra_info("sslcontext") is None
+            ):
+                # Nothing left to write on plain TCP: the transport closes
+                # the socket and connection_lost() follows, no timer needed.
+                # With bytes still buffered (a peer that does not read), or
+                # a TLS shutdown waiting for the peer, the timer below aborts
+                # the transport after close_timeout.
+                return
         elif self._queue_full:
             self._update_reading()  # read the peer's close frame past unread messages
         if self._close_handle is None and not self._closed_waiter.done():

@@ -161,6 +161,10 @@ def _random_mask_key() -> bytes:
     return secrets.token_bytes(4)
 
 
+#: The initial value of ``Connection._partial_utf8``, never used to decode.
+_NO_DECODER = IncrementalUTF8Decoder()
+
+
 def _truncate_reason(reason: str) -> str:
     """``reason`` cut to fit in a close frame (123 UTF-8 bytes)."""
     data = reason.encode("utf-8")
@@ -260,14 +264,16 @@ class Connection:
         self._msg_parts: list[bytes] = []  # binary fragments
         self._text_parts: list[str] = []  # text fragments, decoded
         self._msg_size = 0
-        self._utf8 = IncrementalUTF8Decoder()
+        # Made on the first fragmented text message: most connections never
+        # see one (a whole text frame is decoded in one call).
+        self._utf8: IncrementalUTF8Decoder | None = None
         self._send_fragmented = False
         # Fail-fast validation of a text frame still arriving: which frame
         # (its stream offset), how many payload bytes were checked, and the
         # decoder that checked them.
         self._partial_id = -1
         self._partial_done = 0
-        self._partial_utf8 = self._utf8
+        self._partial_utf8 = _NO_DECODER  # replaced before use: no frame has id -1
         # Connections whose keys are equal and not None send identical bytes
         # for the same message; None means plain (uncompressed, unmasked)
         # frames, shared by every such connection.
@@ -415,7 +421,10 @@ class Connection:
         text = self._msg_opcode == OP_TEXT
         if text:
             # Fail fast: each fragment is validated as it arrives.
-            self._text_parts.append(self._utf8.decode(payload, fin))
+            utf8 = self._utf8
+            if utf8 is None:
+                utf8 = self._utf8 = IncrementalUTF8Decoder()
+            self._text_parts.append(utf8.decode(payload, fin))
         else:
             self._msg_parts.append(payload)
         if not fin:
@@ -450,6 +459,7 @@ class Connection:
             if opcode == OP_TEXT and not rsv1 and not self._msg_opcode:
                 decoder = IncrementalUTF8Decoder()
             elif opcode == OP_CONT and self._msg_opcode == OP_TEXT and not self._msg_compressed:
+                assert self._utf8 is not None  # made by the message's first frame
                 decoder = self._utf8.copy()
             else:
                 return
@@ -486,8 +496,10 @@ class Connection:
             # Close frame in response. (When sending a Close frame in
             # response, the endpoint typically echos the status code it
             # received.)"
-            code = 1000 if close.code == 1005 else close.code
-            self._queue_close(code, "")
+            if close.code == 1005:
+                self._queue_close(1000, "")
+            else:
+                self._queue_close(close.code, "", None if close.reason else close)
             self.close_rcvd_then_sent = True
         else:
             self.close_rcvd_then_sent = False
@@ -570,7 +582,8 @@ class Connection:
             self._msg_opcode = 0
             self._msg_parts = []
             self._text_parts = []
-            self._utf8.reset()
+            if self._utf8 is not None:
+                self._utf8.reset()
             self._parser.max_size = self._max_size
 
     # ------------------------------------------------------------- send
@@ -685,9 +698,15 @@ class Connection:
         """
         self._send_control(OP_PONG, data)
 
-    def _queue_close(self, code: int, reason: str) -> None:
-        self._out.append(self._frame(OP_CLOSE, serialize_close(code, reason)))
-        self.close_sent = Close(code, reason)
+    def _queue_close(self, code: int, reason: str, close: Close | None = None) -> None:
+        """Queue our close frame; ``close``: an equal :class:`Close` to keep (frozen: shared)."""
+        payload = serialize_close(code, reason)
+        if self.side is Side.SERVER:
+            # A control frame: unmasked, FIN set, RSV1 clear (also with permessage-deflate).
+            self._out.append(serialize_final_frame(OP_CLOSE, payload))
+        else:
+            self._out.append(self._frame(OP_CLOSE, payload))
+        self.close_sent = Close(code, reason) if close is None else close
 
     def send_close(self, code: int | None = 1000, reason: str = "") -> None:
         """Start the closing handshake: queue a close frame, state CLOSING.

@@ -102,6 +102,10 @@ class Close:
         return f"{text} {self.reason}" if self.reason else text
 
 
+#: ``Close(code, "")`` for every registered code allowed on the wire (frozen: shared).
+_BARE_CLOSES = {code: Close(code, "") for code in _VALID_WIRE_CODES}
+
+
 def parse_close(payload: bytes | bytearray) -> Close:
     """Parse a close frame's payload.
 
@@ -120,6 +124,11 @@ def parse_close(payload: bytes | bytearray) -> Close:
         # MUST be a 2-byte unsigned integer".
         raise RemoteProtocolError("close frame too short")
     code = (payload[0] << 8) | payload[1]
+    if n == 2:
+        # The usual close frame: a registered code, no reason (shared objects).
+        close = _BARE_CLOSES.get(code)
+        if close is not None:
+            return close
     if not check_close_code(code):
         raise RemoteProtocolError(f"invalid close code {code}")
     # Section 5.5.1: "the data MAY contain ... a reason ... The data is not

@@ -241,6 +241,8 @@ def test_check_close_code(code: int, valid: bool) -> None:
 PARSE_CLOSE = [
     (b"", Close(1005, "")),
     (b"\x03\xe8", Close(1000, "")),
+    (b"\x0b\xb8", Close(3000, "")),  # no reason, a code outside the registered ones
+    (b"\x03\xec", RemoteProtocolError),  # 1004, no reason
     (b"\x03\xe9" + "é".encode(), Close(1001, "é")),
     (b"\x03", RemoteProtocolError),
     (b"\x03\xe8\xff", InvalidUTF8),
