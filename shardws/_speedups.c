@@ -12,6 +12,8 @@
  *       -> (list[tuple[int, bytes, bool, bool]], int)
  *   scan_messages(buf, offset, require_mask, max_size, /)
  *       -> (list[str | bytes], int)
+ *   parse_head(data, max_head, max_headers, max_line, names, values, /)
+ *       -> (int, (str, str, str), list[tuple[str, str]], dict) | None
  *
  * RFC 6455 section 5.3: "octet i of the transformed data
  * ("transformed-octet-i") is the XOR of octet i of the original data
@@ -664,6 +666,376 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------ request head */
+
+/* RFC 9110 section 5.6.2 tchar; section 5.5: the CTLs a field value may not
+ * hold; RFC 9112 section 3.2: bytes a request-target may not hold. Built
+ * from the same definitions as the pure twin's tables. */
+static uint8_t head_tchar[256];
+static uint8_t head_ctl[256];
+static uint8_t head_target_bad[256];
+
+static void
+head_tables_init(void)
+{
+    const char *tchar =
+        "!#$%&'*+-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ^_`abcdefghijklmnopqrstuvwxyz|~";
+    int c;
+
+    for (; *tchar; tchar++) {
+        head_tchar[(uint8_t)*tchar] = 1;
+    }
+    for (c = 0; c < 256; c++) {
+        head_ctl[c] = (c < 0x20 && c != 0x09) || c == 0x7F;
+        head_target_bad[c] = c <= 0x20 || c >= 0x7F;
+    }
+}
+
+static int
+head_all_tchar(const uint8_t *p, Py_ssize_t n)
+{
+    Py_ssize_t i;
+
+    for (i = 0; i < n; i++) {
+        if (!head_tchar[p[i]]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The first "\r\n\r\n" in p[0:n], or -1. */
+static Py_ssize_t
+head_find_end(const uint8_t *p, Py_ssize_t n)
+{
+    const uint8_t *s = p, *stop;
+
+    if (n < 4) {
+        return -1;
+    }
+    stop = p + n - 3;
+    while (s < stop) {
+        s = memchr(s, '\r', (size_t)(stop - s));
+        if (s == NULL) {
+            return -1;
+        }
+        if (s[1] == '\n' && s[2] == '\r' && s[3] == '\n') {
+            return s - p;
+        }
+        s++;
+    }
+    return -1;
+}
+
+PyDoc_STRVAR(parse_head_doc,
+"parse_head(data, max_head, max_headers, max_line, names, values, /)\n"
+"--\n\n"
+"Parse a complete, usual HTTP/1.1 request head at the start of data:\n"
+"(end, (method, target, 'HTTP/1.1'), pairs, index), or None when it is\n"
+"incomplete or unusual (see shardws.speedups.py_parse_head).");
+
+static PyObject *
+parse_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *data, *names, *values;
+    PyObject *pairs = NULL, *index = NULL, *request_line = NULL, *result = NULL;
+    Py_ssize_t max_head, max_headers, max_line, len, end, pos, line_end, count;
+    const uint8_t *p;
+
+    if (check_nargs("parse_head", nargs, 6, 6) < 0) {
+        return NULL;
+    }
+    data = args[0];
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_Format(PyExc_TypeError,
+                     "parse_head() argument 'data' must be bytes, not '%.200s'",
+                     Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    /* operator.index() in the twin; out of range values clip (same answer). */
+    max_head = PyNumber_AsSsize_t(args[1], NULL);
+    if (max_head == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    max_headers = PyNumber_AsSsize_t(args[2], NULL);
+    if (max_headers == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    max_line = PyNumber_AsSsize_t(args[3], NULL);
+    if (max_line == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    names = args[4];
+    values = args[5];
+    if (!PyDict_CheckExact(names)) {
+        PyErr_Format(PyExc_TypeError,
+                     "parse_head() argument 'names' must be dict, not '%.200s'",
+                     Py_TYPE(names)->tp_name);
+        return NULL;
+    }
+    if (!PyDict_CheckExact(values)) {
+        PyErr_Format(PyExc_TypeError,
+                     "parse_head() argument 'values' must be dict, not '%.200s'",
+                     Py_TYPE(values)->tp_name);
+        return NULL;
+    }
+    if (max_head < 0 || max_headers < 0 || max_line < 0) {
+        Py_RETURN_NONE;
+    }
+    p = (const uint8_t *)PyBytes_AS_STRING(data);
+    len = PyBytes_GET_SIZE(data);
+    end = head_find_end(p, len < max_head ? len : max_head);
+    if (end < 0) {
+        Py_RETURN_NONE;
+    }
+    /* Lines split on CRLF: each at most max_line bytes, no other CTL. */
+    count = 0;
+    pos = 0;
+    for (;;) {
+        Py_ssize_t i = pos;
+        while (i < end && !(p[i] == '\r' && i + 1 < end && p[i + 1] == '\n')) {
+            if (head_ctl[p[i]]) {
+                Py_RETURN_NONE;
+            }
+            i++;
+        }
+        if (i - pos > max_line) {
+            Py_RETURN_NONE;
+        }
+        if (i >= end) {
+            break;
+        }
+        count++;
+        pos = i + 2;
+    }
+    if (count > max_headers) {
+        Py_RETURN_NONE;
+    }
+    /* The request line: token SP target SP HTTP/1.1 */
+    {
+        const uint8_t *sp1, *sp2, *line = p;
+        Py_ssize_t n = (const uint8_t *)memchr(p, '\r', (size_t)end + 1) - p;
+        PyObject *method, *target, *version;
+
+        if (end == 0 || count == 0) {
+            n = end;
+        }
+        sp1 = memchr(line, ' ', (size_t)n);
+        if (sp1 == NULL) {
+            Py_RETURN_NONE;
+        }
+        sp2 = memchr(sp1 + 1, ' ', (size_t)(line + n - sp1 - 1));
+        if (sp2 == NULL || memchr(sp2 + 1, ' ', (size_t)(line + n - sp2 - 1)) != NULL) {
+            Py_RETURN_NONE;
+        }
+        if (sp1 == line || !head_all_tchar(line, sp1 - line) || sp2 == sp1 + 1) {
+            Py_RETURN_NONE;
+        }
+        {
+            const uint8_t *t = sp1 + 1;
+            Py_ssize_t tn = sp2 - t, i;
+            int scheme = 0;
+            for (i = 0; i < tn; i++) {
+                if (head_target_bad[t[i]]) {
+                    Py_RETURN_NONE;
+                }
+                if (t[i] == ':' && i + 2 < tn && t[i + 1] == '/' && t[i + 2] == '/') {
+                    scheme = 1;
+                }
+            }
+            if (t[0] != '/' && !scheme) {
+                Py_RETURN_NONE;
+            }
+        }
+        if (line + n - sp2 - 1 != 8 || memcmp(sp2 + 1, "HTTP/1.1", 8) != 0) {
+            Py_RETURN_NONE;
+        }
+        method = PyUnicode_DecodeASCII((const char *)line, sp1 - line, NULL);
+        if (method == NULL) {
+            return NULL;
+        }
+        target = PyUnicode_DecodeASCII((const char *)sp1 + 1, sp2 - sp1 - 1, NULL);
+        if (target == NULL) {
+            Py_DECREF(method);
+            return NULL;
+        }
+        version = PyUnicode_FromStringAndSize("HTTP/1.1", 8);
+        if (version == NULL) {
+            Py_DECREF(method);
+            Py_DECREF(target);
+            return NULL;
+        }
+        request_line = PyTuple_Pack(3, method, target, version);
+        Py_DECREF(method);
+        Py_DECREF(target);
+        Py_DECREF(version);
+        if (request_line == NULL) {
+            return NULL;
+        }
+        pos = n + 2;
+    }
+    pairs = PyList_New(0);
+    index = PyDict_New();
+    if (pairs == NULL || index == NULL) {
+        goto error;
+    }
+    /* Header lines: pos is the start of each, up to end. */
+    while (count-- > 0) {
+        const uint8_t *line = p + pos, *colon, *v, *ve;
+        PyObject *name_bytes, *known, *text, *key, *raw_bytes, *value, *pair, *found;
+        Py_ssize_t n;
+
+        line_end = pos;
+        while (line_end < end && !(p[line_end] == '\r' && p[line_end + 1] == '\n')) {
+            line_end++;
+        }
+        n = line_end - pos;
+        colon = memchr(line, ':', (size_t)n);
+        name_bytes = PyBytes_FromStringAndSize(
+            (const char *)line, colon == NULL ? n : colon - line);
+        if (name_bytes == NULL) {
+            goto error;
+        }
+        known = PyDict_GetItemWithError(names, name_bytes); /* borrowed */
+        if (known == NULL && PyErr_Occurred()) {
+            Py_DECREF(name_bytes);
+            goto error;
+        }
+        if (known != NULL && known != Py_None) { /* the twin: names.get(name) is not None */
+            Py_DECREF(name_bytes);
+            if (!PyTuple_CheckExact(known) || PyTuple_GET_SIZE(known) != 2
+                || !PyUnicode_CheckExact(PyTuple_GET_ITEM(known, 0))
+                || !PyUnicode_CheckExact(PyTuple_GET_ITEM(known, 1))) {
+                PyErr_SetString(PyExc_TypeError,
+                                "parse_head() entries of 'names' must be tuples of two str");
+                goto error;
+            }
+            text = PyTuple_GET_ITEM(known, 0);
+            key = PyTuple_GET_ITEM(known, 1);
+            Py_INCREF(text);
+            Py_INCREF(key);
+        }
+        else {
+            Py_ssize_t nn = PyBytes_GET_SIZE(name_bytes), i;
+            char *lower;
+            Py_DECREF(name_bytes);
+            if (nn == 0 || !head_all_tchar(line, nn)) {
+                Py_CLEAR(pairs);
+                Py_CLEAR(index);
+                Py_CLEAR(request_line);
+                Py_RETURN_NONE;
+            }
+            text = PyUnicode_DecodeASCII((const char *)line, nn, NULL);
+            if (text == NULL) {
+                goto error;
+            }
+            key = PyUnicode_New(nn, 127);
+            if (key == NULL) {
+                Py_DECREF(text);
+                goto error;
+            }
+            lower = (char *)PyUnicode_1BYTE_DATA(key);
+            for (i = 0; i < nn; i++) {
+                uint8_t c = line[i];
+                lower[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+            }
+        }
+        if (colon == NULL) {
+            Py_DECREF(text);
+            Py_DECREF(key);
+            Py_CLEAR(pairs);
+            Py_CLEAR(index);
+            Py_CLEAR(request_line);
+            Py_RETURN_NONE;
+        }
+        v = colon + 1;
+        ve = line + n;
+        raw_bytes = PyBytes_FromStringAndSize((const char *)v, ve - v);
+        if (raw_bytes == NULL) {
+            goto error_text;
+        }
+        value = PyDict_GetItemWithError(values, raw_bytes); /* borrowed */
+        Py_DECREF(raw_bytes);
+        if (value == NULL && PyErr_Occurred()) {
+            goto error_text;
+        }
+        if (value == NULL || value == Py_None) { /* the twin: values.get(raw) is None */
+            while (v < ve && (*v == ' ' || *v == '\t')) {
+                v++;
+            }
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) {
+                ve--;
+            }
+            value = PyUnicode_DecodeLatin1((const char *)v, ve - v, NULL);
+            if (value == NULL) {
+                goto error_text;
+            }
+        }
+        else if (!PyUnicode_CheckExact(value)) {
+            PyErr_SetString(PyExc_TypeError, "parse_head() entries of 'values' must be str");
+            goto error_text;
+        }
+        else {
+            Py_INCREF(value);
+        }
+        pair = PyTuple_Pack(2, text, value);
+        Py_DECREF(text);
+        if (pair == NULL || PyList_Append(pairs, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(key);
+            Py_DECREF(value);
+            goto error;
+        }
+        Py_DECREF(pair);
+        found = PyDict_GetItemWithError(index, key); /* borrowed */
+        if (found != NULL) {
+            int rc = PyList_Append(found, value);
+            Py_DECREF(key);
+            Py_DECREF(value);
+            if (rc < 0) {
+                goto error;
+            }
+        }
+        else {
+            PyObject *list;
+            if (PyErr_Occurred()) {
+                Py_DECREF(key);
+                Py_DECREF(value);
+                goto error;
+            }
+            list = PyList_New(1);
+            if (list == NULL) {
+                Py_DECREF(key);
+                Py_DECREF(value);
+                goto error;
+            }
+            PyList_SET_ITEM(list, 0, value); /* steals */
+            if (PyDict_SetItem(index, key, list) < 0) {
+                Py_DECREF(list);
+                Py_DECREF(key);
+                goto error;
+            }
+            Py_DECREF(list);
+            Py_DECREF(key);
+        }
+        pos = line_end + 2;
+        continue;
+
+    error_text:
+        Py_DECREF(text);
+        Py_DECREF(key);
+        goto error;
+    }
+    result = Py_BuildValue("(nNNN)", end, request_line, pairs, index);
+    return result;
+
+error:
+    Py_XDECREF(pairs);
+    Py_XDECREF(index);
+    Py_XDECREF(request_line);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL, apply_mask_doc},
     {"unmask_inplace", (PyCFunction)(void (*)(void))unmask_inplace, METH_FASTCALL,
@@ -673,12 +1045,14 @@ static PyMethodDef speedups_methods[] = {
     {"scan_frames", (PyCFunction)(void (*)(void))scan_frames, METH_FASTCALL, scan_frames_doc},
     {"scan_messages", (PyCFunction)(void (*)(void))scan_messages, METH_FASTCALL,
      scan_messages_doc},
+    {"parse_head", (PyCFunction)(void (*)(void))parse_head, METH_FASTCALL, parse_head_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static int
 speedups_exec(PyObject *module)
 {
+    head_tables_init();
 #if SHARDWS_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2")) {

@@ -26,6 +26,9 @@ made when this module is imported.
                      -> (messages, end)``: decode every complete
                      single-frame text/binary message in a row (see
                      :func:`py_scan_messages`)
+``parse_head``       ``(data, max_head, max_headers, max_line, names,
+                     values, /) -> tuple | None``: parse a complete usual
+                     HTTP/1.1 request head (see :func:`py_parse_head`)
 ``C_SPEEDUPS``       ``True`` when the helpers are the C ones
 ``MASK_IMPL``        the masking loop in use: ``"avx2"``, ``"sse2"``,
                      ``"words64"`` (C) or ``"python"``
@@ -54,8 +57,10 @@ __all__ = [
     "C_SPEEDUPS",
     "MASK_IMPL",
     "apply_mask",
+    "parse_head",
     "parse_header",
     "py_apply_mask",
+    "py_parse_head",
     "py_parse_header",
     "py_scan_frames",
     "py_scan_messages",
@@ -383,6 +388,128 @@ def py_scan_messages(
     return messages, pos
 
 
+# ------------------------------------------------------ request head
+
+# RFC 9110 section 5.6.2 tchar; section 5.5: the CTLs a field value may not
+# hold (every CTL but HTAB, and DEL); RFC 9112 section 3.2: bytes a
+# request-target may not hold (controls, SP, DEL, non-ASCII). Copies of
+# shardws.protocol.headers / http11 constants (a test checks they are equal):
+# importing them here would be circular.
+_HEAD_TCHAR = (
+    b"!#$%&'*+-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ^_`abcdefghijklmnopqrstuvwxyz|~"
+)
+_HEAD_CTL = bytes([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F])
+_HEAD_TARGET_FORBIDDEN = bytes([*range(0x00, 0x21), *range(0x7F, 0x100)])
+
+#: What :func:`py_parse_head` returns for a usual complete head.
+Head = tuple[int, tuple[str, str, str], list[tuple[str, str]], dict[str, list[str]]]
+
+
+def py_parse_head(
+    data: bytes,
+    max_head: SupportsIndex,
+    max_headers: SupportsIndex,
+    max_line: SupportsIndex,
+    names: dict[bytes, tuple[str, str]],
+    values: dict[bytes, str],
+    /,
+) -> Head | None:
+    """Parse a complete, usual HTTP/1.1 request head at the start of ``data``.
+
+    Returns ``(end, (method, target, "HTTP/1.1"), pairs, index)`` -- ``end``
+    the offset of the ``CRLF CRLF`` ending the head, ``pairs`` the
+    ``(name, value)`` header lines in order, ``index`` lowercase name ->
+    values -- or ``None`` when the head is not complete within ``max_head``
+    bytes or anything in it is unusual: more than ``max_headers`` header
+    lines, a line over ``max_line`` bytes, a CTL other than the line ends
+    (bare CR or LF included), a request line other than ``token SP target
+    SP HTTP/1.1`` (target: visible ASCII, starting with ``/`` or holding
+    ``://``), a header name that is not a token (obs-fold, whitespace
+    before the colon), a line without a colon, a negative limit. The
+    caller's line-by-line parser then gives the exact answer.
+
+    ``names`` maps usual header names (bytes) to their ``(name, lowercase
+    name)`` strings, ``values`` usual raw values (after the colon, before
+    stripping) to their string: those are shared, not decoded again. Other
+    names are decoded as ASCII, values stripped of SP and HTAB and decoded
+    as ISO-8859-1. Raises ``TypeError`` when ``data`` is not ``bytes``,
+    ``names`` or ``values`` not a ``dict``, an entry used of ``names`` not a
+    tuple of two ``str``, an entry used of ``values`` not a ``str``.
+    """
+    if type(data) is not bytes:
+        raise TypeError(f"parse_head() argument 'data' must be bytes, not '{type(data).__name__}'")
+    max_head = operator.index(max_head)
+    max_headers = operator.index(max_headers)
+    max_line = operator.index(max_line)
+    if type(names) is not dict:
+        raise TypeError(f"parse_head() argument 'names' must be dict, not '{type(names).__name__}'")
+    if type(values) is not dict:
+        raise TypeError(
+            f"parse_head() argument 'values' must be dict, not '{type(values).__name__}'"
+        )
+    if max_head < 0 or max_headers < 0 or max_line < 0:
+        return None
+    end = data.find(b"\r\n\r\n", 0, max_head)
+    if end < 0:
+        return None
+    head = data[:end]
+    lines = head.split(b"\r\n")
+    count = len(lines) - 1  # header lines
+    if (
+        count > max_headers
+        or max(map(len, lines)) > max_line
+        # no CR or LF but the line ends, and no other CTL anywhere
+        or len(head.translate(None, _HEAD_CTL)) != len(head) - 2 * count
+    ):
+        return None
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        return None
+    method, target, version = parts
+    if (
+        not method
+        or method.translate(None, _HEAD_TCHAR)
+        or not target
+        or target.translate(None, _HEAD_TARGET_FORBIDDEN) != target
+        or not (target.startswith(b"/") or b"://" in target)
+        or version != b"HTTP/1.1"
+    ):
+        return None
+    pairs = []
+    index: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, colon, raw = line.partition(b":")
+        known = names.get(name)
+        if known is not None:
+            if not (
+                type(known) is tuple
+                and len(known) == 2
+                and type(known[0]) is str
+                and type(known[1]) is str
+            ):
+                raise TypeError("parse_head() entries of 'names' must be tuples of two str")
+            text, key = known
+        elif not name or name.translate(None, _HEAD_TCHAR):
+            return None
+        else:
+            text = name.decode("ascii")
+            key = text.lower()
+        if not colon:
+            return None
+        value = values.get(raw)
+        if value is None:
+            value = raw.strip(b" \t").decode("iso-8859-1")
+        elif type(value) is not str:
+            raise TypeError("parse_head() entries of 'values' must be str")
+        pairs.append((text, value))
+        found = index.get(key)
+        if found is None:
+            index[key] = [value]
+        else:
+            found.append(value)
+    return end, (method.decode("ascii"), target.decode("ascii"), "HTTP/1.1"), pairs, index
+
+
 C_SPEEDUPS = False
 MASK_IMPL = "python"
 apply_mask: Callable[[BytesLike, BytesLike], bytes] = py_apply_mask
@@ -394,6 +521,7 @@ scan_frames: Callable[
 scan_messages: Callable[
     [BytesLike, int, bool, int | None], tuple[list[str | bytes], int]
 ] = py_scan_messages
+parse_head: Callable[..., Head | None] = py_parse_head
 
 if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
     try:
@@ -411,5 +539,7 @@ if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
         parse_header = _speedups.parse_header
         scan_frames = _speedups.scan_frames
         scan_messages = _speedups.scan_messages
+        # A build from before parse_head keeps the twin for it.
+        parse_head = getattr(_speedups, "parse_head", py_parse_head)
         MASK_IMPL = _speedups.MASK_IMPL
         C_SPEEDUPS = True

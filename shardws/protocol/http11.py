@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from ..exceptions import InvalidMessage, InvalidState, SecurityError
+from ..speedups import parse_head
 from .headers import (
     FORBIDDEN_VALUE_BYTES,
     TCHAR_BYTES,
@@ -328,53 +329,18 @@ class RequestParser:
         """
         if type(data) is not bytes:
             data = bytes(data)
-        max_head = self.max_head
-        end = data.find(b"\r\n\r\n", 0, max_head)
-        if end < 0:
+        # The head parsed in one call (C, or its pure twin): None when
+        # incomplete or unusual, an HTTP version other than 1.1 included.
+        head = parse_head(
+            data, self.max_head, self.max_headers, self.max_line, _KNOWN_NAMES, _KNOWN_VALUES
+        )
+        if head is None:
             return None
-        head = data[:end]
-        lines = head.split(b"\r\n")
-        count = len(lines) - 1  # header lines
-        if (
-            count > self.max_headers
-            or max(map(len, lines)) > self.max_line
-            # no CR or LF but the line ends, and no other CTL anywhere
-            or len(head.translate(None, FORBIDDEN_VALUE_BYTES)) != len(head) - 2 * count
-        ):
-            return None
-        try:
-            request_line = self._parse_request_line(lines[0])
-        except InvalidMessage:
-            return None
-        pairs = []
-        index: dict[str, list[str]] = {}
-        for line in lines[1:]:
-            name, colon, raw = line.partition(b":")
-            known = _KNOWN_NAMES.get(name)
-            if known is not None:
-                text, key = known
-            # A name that is not a token also catches obs-fold, leading
-            # whitespace and a space before the colon.
-            elif not name or name.translate(None, TCHAR_BYTES):
-                return None
-            else:
-                text = name.decode("ascii")
-                key = text.lower()
-            if not colon:
-                return None
-            value = _KNOWN_VALUES.get(raw)
-            if value is None:
-                value = raw.strip(b" \t").decode("iso-8859-1")
-            pairs.append((text, value))
-            values = index.get(key)
-            if values is None:
-                index[key] = [value]
-            else:
-                values.append(value)
+        end, request_line, pairs, index = head
         self.bytes_scanned = end + 4
         self._request_line = request_line
         self._headers = Headers._from_index(pairs, index)
-        self._header_count = count
+        self._header_count = len(pairs)
         self._done = True
         return self._request(data[end + 4 :])
 
