@@ -212,9 +212,14 @@ class Response:
         the body, or a ``Transfer-Encoding`` header (bodies are sent whole).
         """
         code = self.status_code
+        reason = self.reason_phrase
+        if code == 101 and reason == "Switching Protocols" and not self.body:
+            # The usual 101: a constant status line; only the headers to check.
+            headers = self.headers
+            if "transfer-encoding" not in headers._dict and "content-length" not in headers._dict:
+                return _STATUS_LINE_101 + headers.serialize()
         if not 100 <= code <= 999:
             raise ValueError(f"invalid HTTP status code: {code}")
-        reason = self.reason_phrase
         # Printable ASCII is a valid reason phrase; anything else gets the full check.
         printable = type(reason) is str and reason.isascii() and reason.isprintable()
         if not printable and not is_field_value(reason):
@@ -241,6 +246,9 @@ class Response:
                 )
         status_line = f"HTTP/1.1 {code} {reason}\r\n".encode("iso-8859-1")
         return status_line + headers.serialize() + self.body
+
+
+_STATUS_LINE_101 = b"HTTP/1.1 101 Switching Protocols\r\n"
 
 
 class RequestParser:
