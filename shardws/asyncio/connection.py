@@ -587,22 +587,6 @@ class ServerConnection(asyncio.Protocol):
         if protocol.state is not _OPEN:
             self._closing_started()
 
-    def _flush_corked(self) -> None:
-        """Write the messages send() held back (corking), once per loop iteration.
-
-        DESIGN: "Writes produced in one loop iteration are coalesced into one
-        transport.write / writelines where possible": the first message that
-        send() queues in the protocol puts the connection on the server's
-        list, which ``Server._flush_corked`` (one ``call_soon`` per loop
-        iteration for all connections) empties; the next ones join it; past
-        ``_cork_limit`` bytes send() writes everything at once (bounded
-        memory; write_limit's back-pressure still applies); a handler that
-        waits in recv() writes what it corked before it waits.
-        """
-        self._flush_scheduled = False
-        if self._corked and not self._transport.is_closing():
-            self._flush()
-
     def _closing_started(self) -> None:
         protocol = self._protocol
         assert protocol is not None
@@ -707,7 +691,7 @@ class ServerConnection(asyncio.Protocol):
         else:
             raise TypeError("data must be str, bytes, iterable, or async iterable")
         _registry_stats.messages_out += 1
-        # Corking (see _flush_corked): this is the hot path of every send().
+        # Corking (see Server._flush_corked): this is the hot path of every send().
         corked = self._corked + size + 2  # + header: never 0, even for an empty message
         if corked >= self._cork_limit:
             self._flush()

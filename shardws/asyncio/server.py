@@ -106,11 +106,24 @@ class Server:
         self._websockets.add(connection)
 
     def _flush_corked(self) -> None:
-        """Write what send() corked on every connection: one callback per loop iteration."""
+        """Write what send() corked on every connection: one callback per loop iteration.
+
+        DESIGN: "Writes produced in one loop iteration are coalesced into one
+        transport.write / writelines where possible": the first message that
+        a connection's send() queues in its protocol puts the connection on
+        this list (and the first connection schedules this call); the next
+        messages join it; past ``_cork_limit`` bytes send() writes everything
+        at once (bounded memory; write_limit's back-pressure still applies);
+        a handler that waits in recv() writes what it corked before it waits.
+        """
         connections = self._to_flush
         self._to_flush = []
         for connection in connections:
-            connection._flush_corked()
+            # ServerConnection._flush_corked, inlined: most connections of an
+            # echo already wrote in recv(), so this is one check each.
+            connection._flush_scheduled = False
+            if connection._corked and not connection._transport.is_closing():
+                connection._flush()
 
     def _unregister(self, connection: ServerConnection) -> None:
         self._connections.discard(connection)
