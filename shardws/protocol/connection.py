@@ -106,6 +106,11 @@ class _Ev(enum.Enum):
     FAIL = "fail"  # we fail the connection (RFC 6455 section 7.1.7)
     EOF = "eof"  # the transport is closed
 
+    # Members are singletons compared by identity: hash them by identity too
+    # (C), not by name (Enum.__hash__, Python): TRANSITIONS is looked up on
+    # every state change.
+    __hash__ = object.__hash__
+
 
 #: ``{(state, event): next state}``; a pair not in the table is not allowed.
 TRANSITIONS: dict[tuple[State, _Ev], State] = {
