@@ -232,3 +232,10 @@ def test_unusual_heads_answer_like_the_line_parser(
     data: bytes, limits: tuple[int, int, int], why: str
 ) -> None:
     assert parse(data, split=False) == parse(data, split=True)
+
+
+def test_bound_to_c_when_the_speedups_load() -> None:
+    """A build from before parse_head would keep the twin: the binding tells."""
+    expected = c_impl.parse_head if speedups.C_SPEEDUPS else speedups.py_parse_head
+    assert speedups.parse_head is expected
+    assert http11.parse_head is expected
