@@ -411,6 +411,70 @@ get_max_size(PyObject *obj, long long *max_size, int *unbounded)
     return 0;
 }
 
+/* The arguments scan_frames and scan_messages share:
+ * (buf, offset, require_mask, max_size, ...). On success the caller owns
+ * a->buf and must release it. */
+typedef struct {
+    Py_buffer buf;
+    Py_ssize_t pos;
+    int require_mask;
+    int unbounded;
+    long long max_size;
+} scan_args;
+
+static int
+get_scan_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
+              Py_ssize_t expected, scan_args *a)
+{
+    if (check_nargs(func, nargs, expected, expected) < 0) {
+        return -1;
+    }
+    if (get_bytes_view(args[0], &a->buf, func, "buf", 0) < 0) {
+        return -1;
+    }
+    if (get_offset(args[1], a->buf.len, &a->pos) < 0
+        || (a->require_mask = PyObject_IsTrue(args[2])) < 0
+        || get_max_size(args[3], &a->max_size, &a->unbounded) < 0) {
+        PyBuffer_Release(&a->buf);
+        return -1;
+    }
+    return 0;
+}
+
+/* Where the frame at p (avail bytes, avail >= 2) lies: its payload length
+ * and header length (mask key included when masked). Returns 0 -- the scan
+ * stops there -- when the header or the payload is incomplete or the
+ * 64-bit length has its most significant bit set; 1 otherwise. */
+static int
+frame_extent(const uint8_t *p, Py_ssize_t avail, int masked, uint64_t *length,
+             Py_ssize_t *header)
+{
+    uint64_t n = p[1] & 0x7f;
+    Py_ssize_t h = 2;
+
+    if (n == 126) {
+        if (avail < 4) return 0;
+        n = ((uint64_t)p[2] << 8) | p[3];
+        h = 4;
+    }
+    else if (n == 127) {
+        if (avail < 10) return 0;
+        n = 0;
+        for (int i = 2; i < 10; i++) {
+            n = (n << 8) | p[i];
+        }
+        if (n >> 63) return 0;
+        h = 10;
+    }
+    if (masked) {
+        h += 4;
+    }
+    if (avail < h || (uint64_t)(avail - h) < n) return 0;
+    *length = n;
+    *header = h;
+    return 1;
+}
+
 PyDoc_STRVAR(scan_frames_doc,
 "scan_frames(buf, offset, require_mask, max_size, rsv1_allowed, /)\n"
 "    -> (list[tuple[int, bytes, bool, bool]], int)\n\n"
@@ -429,28 +493,14 @@ PyDoc_STRVAR(scan_frames_doc,
 static PyObject *
 scan_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer buf;
+    scan_args a;
     Py_ssize_t pos, end;
-    int require_mask, rsv1_allowed;
-    long long max_size = 0;
-    int unbounded;
+    int rsv1_allowed;
     const uint8_t *base;
     PyObject *frames = NULL, *result;
 
-    if (check_nargs("scan_frames", nargs, 5, 5) < 0) {
+    if (get_scan_args("scan_frames", args, nargs, 5, &a) < 0) {
         return NULL;
-    }
-    if (get_bytes_view(args[0], &buf, "scan_frames", "buf", 0) < 0) {
-        return NULL;
-    }
-    if (get_offset(args[1], buf.len, &pos) < 0) {
-        goto error;
-    }
-    if ((require_mask = PyObject_IsTrue(args[2])) < 0) {
-        goto error;
-    }
-    if (get_max_size(args[3], &max_size, &unbounded) < 0) {
-        goto error;
     }
     if ((rsv1_allowed = PyObject_IsTrue(args[4])) < 0) {
         goto error;
@@ -459,48 +509,32 @@ scan_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (frames == NULL) {
         goto error;
     }
-    base = (const uint8_t *)buf.buf;
-    end = buf.len;
+    base = (const uint8_t *)a.buf.buf;
+    pos = a.pos;
+    end = a.buf.len;
     while (end - pos >= 2) {
         const uint8_t *p = base + pos;
         uint8_t b0 = p[0], b1 = p[1];
         int opcode = b0 & 0x0f, fin = (b0 & 0x80) != 0, rsv1 = (b0 & 0x40) != 0;
         int control = (opcode & 0x08) != 0;
-        Py_ssize_t header = 2, avail = end - pos;
-        uint64_t length = b1 & 0x7f;
+        Py_ssize_t header;
+        uint64_t length;
         PyObject *payload, *frame;
 
         /* The checks of FrameParser, in short: stop and let it raise. */
         if (opcode > 0xA || (opcode > 2 && opcode < 8)) break;
         if (b0 & 0x30) break;
         if (rsv1 && (!rsv1_allowed || (opcode != 1 && opcode != 2))) break;
-        if (control && !fin) break;
-        if (((b1 & 0x80) != 0) != (require_mask != 0)) break;
-        if (length == 126) {
-            if (control || avail < 4) break;
-            length = ((uint64_t)p[2] << 8) | p[3];
-            header = 4;
-        }
-        else if (length == 127) {
-            if (control || avail < 10) break;
-            length = 0;
-            for (int i = 2; i < 10; i++) {
-                length = (length << 8) | p[i];
-            }
-            if (length >> 63) break;
-            header = 10;
-        }
-        if (!control && !unbounded && (long long)length > max_size) break;
-        if (require_mask) {
-            header += 4;
-        }
-        if ((uint64_t)(avail - header) < length || avail < header) break;
+        if (control && (!fin || (b1 & 0x7f) > 125)) break;
+        if (((b1 & 0x80) != 0) != (a.require_mask != 0)) break;
+        if (!frame_extent(p, end - pos, a.require_mask, &length, &header)) break;
+        if (!control && !a.unbounded && (long long)length > a.max_size) break;
 
         payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
         if (payload == NULL) {
             goto error;
         }
-        if (require_mask) {
+        if (a.require_mask) {
             do_mask(p + header, (uint8_t *)PyBytes_AS_STRING(payload),
                     (Py_ssize_t)length, p + header - 4);
         }
@@ -524,13 +558,13 @@ scan_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         pos += header + (Py_ssize_t)length;
         if (!fin || opcode == 8) break;
     }
-    PyBuffer_Release(&buf);
+    PyBuffer_Release(&a.buf);
     result = Py_BuildValue("(Nn)", frames, pos);
     return result;
 
 error:
     Py_XDECREF(frames);
-    PyBuffer_Release(&buf);
+    PyBuffer_Release(&a.buf);
     return NULL;
 }
 
@@ -552,72 +586,42 @@ PyDoc_STRVAR(scan_messages_doc,
 static PyObject *
 scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer buf;
+    scan_args a;
     Py_ssize_t pos, end;
-    int require_mask, unbounded;
-    long long max_size = 0;
     const uint8_t *base;
     uint8_t stack[SCAN_STACK];
     uint8_t want_mask;
     PyObject *messages = NULL, *result;
 
-    if (check_nargs("scan_messages", nargs, 4, 4) < 0) {
+    if (get_scan_args("scan_messages", args, nargs, 4, &a) < 0) {
         return NULL;
-    }
-    if (get_bytes_view(args[0], &buf, "scan_messages", "buf", 0) < 0) {
-        return NULL;
-    }
-    if (get_offset(args[1], buf.len, &pos) < 0) {
-        goto error;
-    }
-    if ((require_mask = PyObject_IsTrue(args[2])) < 0) {
-        goto error;
-    }
-    if (get_max_size(args[3], &max_size, &unbounded) < 0) {
-        goto error;
     }
     messages = PyList_New(0);
     if (messages == NULL) {
         goto error;
     }
-    want_mask = require_mask ? 0x80 : 0;
-    base = (const uint8_t *)buf.buf;
-    end = buf.len;
+    want_mask = a.require_mask ? 0x80 : 0;
+    base = (const uint8_t *)a.buf.buf;
+    pos = a.pos;
+    end = a.buf.len;
     while (end - pos >= 2) {
         const uint8_t *p = base + pos;
         uint8_t b0 = p[0], b1 = p[1];
-        Py_ssize_t header = 2, avail = end - pos;
-        uint64_t length = b1 & 0x7f;
+        Py_ssize_t header;
+        uint64_t length;
         PyObject *message;
 
         /* A whole text (0x81) or binary (0x82) message in one frame, else stop. */
         if ((b0 != 0x81 && b0 != 0x82) || (b1 & 0x80) != want_mask) break;
-        if (length == 126) {
-            if (avail < 4) break;
-            length = ((uint64_t)p[2] << 8) | p[3];
-            header = 4;
-        }
-        else if (length == 127) {
-            if (avail < 10) break;
-            length = 0;
-            for (int i = 2; i < 10; i++) {
-                length = (length << 8) | p[i];
-            }
-            if (length >> 63) break;
-            header = 10;
-        }
-        if (!unbounded && (long long)length > max_size) break;
-        if (require_mask) {
-            header += 4;
-        }
-        if (avail < header || (uint64_t)(avail - header) < length) break;
+        if (!frame_extent(p, end - pos, a.require_mask, &length, &header)) break;
+        if (!a.unbounded && (long long)length > a.max_size) break;
 
         if (b0 == 0x82) {
             message = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
             if (message == NULL) {
                 goto error;
             }
-            if (require_mask) {
+            if (a.require_mask) {
                 do_mask(p + header, (uint8_t *)PyBytes_AS_STRING(message),
                         (Py_ssize_t)length, p + header - 4);
             }
@@ -625,7 +629,7 @@ scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 memcpy(PyBytes_AS_STRING(message), p + header, (size_t)length);
             }
         }
-        else if (!require_mask) {
+        else if (!a.require_mask) {
             message = PyUnicode_DecodeUTF8((const char *)p + header, (Py_ssize_t)length, NULL);
         }
         else if (length <= SCAN_STACK) {
@@ -656,13 +660,13 @@ scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(message);
         pos += header + (Py_ssize_t)length;
     }
-    PyBuffer_Release(&buf);
+    PyBuffer_Release(&a.buf);
     result = Py_BuildValue("(Nn)", messages, pos);
     return result;
 
 error:
     Py_XDECREF(messages);
-    PyBuffer_Release(&buf);
+    PyBuffer_Release(&a.buf);
     return NULL;
 }
 

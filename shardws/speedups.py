@@ -248,6 +248,38 @@ _SCAN_OK = _scan_table(False)
 _SCAN_OK_RSV1 = _scan_table(True)
 
 
+def _payload_extent(data: BytesLike, pos: int, mask_bit: int) -> tuple[int, int] | None:
+    """``(start, stop)`` of the payload of the frame at ``pos`` (after its mask
+    key when ``mask_bit``), or None -- the scan stops there -- when the frame is
+    incomplete or its 64-bit length has the most significant bit set."""
+    end = len(data)
+    length = data[pos + 1] & 0x7F
+    start = pos + 2
+    if length == 126:
+        if end - pos < 4:
+            return None
+        length = (data[start] << 8) | data[start + 1]
+        start += 2
+    elif length == 127:
+        if end - pos < 10:
+            return None
+        length = int.from_bytes(data[start : start + 8], "big")
+        start += 8
+        if length >> 63:
+            return None
+    if mask_bit:
+        start += 4
+    stop = start + length
+    return None if stop > end else (start, stop)
+
+
+def _payload(data: BytesLike, start: int, stop: int, mask_bit: int) -> bytes:
+    """The payload ``data[start:stop]``, unmasked with the 4 bytes before it when ``mask_bit``."""
+    if mask_bit:
+        return _xor(data[start:stop], bytes(data[start - 4 : start]))
+    return bytes(data[start:stop])
+
+
 def py_scan_frames(
     buf: BytesLike,
     offset: SupportsIndex,
@@ -285,35 +317,15 @@ def py_scan_frames(
         b1 = data[pos + 1]
         if not allowed[b0] or b1 & 0x80 != mask_bit:
             break
-        length = b1 & 0x7F
-        start = pos + 2
-        if length > 125:
-            if b0 & 0x08:
-                break
-            if length == 126:
-                if end - pos < 4:
-                    break
-                length = (data[start] << 8) | data[start + 1]
-                start += 2
-            else:
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(data[start : start + 8], "big")
-                start += 8
-                if length >> 63:
-                    break
-        if limit is not None and length > limit and not b0 & 0x08:
+        if b0 & 0x08 and b1 & 0x7F > 125:
             break
-        if mask_bit:
-            stop = start + 4 + length
-            if stop > end:
-                break
-            payload = _xor(data[start + 4 : stop], bytes(data[start : start + 4]))
-        else:
-            stop = start + length
-            if stop > end:
-                break
-            payload = bytes(data[start:stop])
+        extent = _payload_extent(data, pos, mask_bit)
+        if extent is None:
+            break
+        start, stop = extent
+        if limit is not None and stop - start > limit and not b0 & 0x08:
+            break
+        payload = _payload(data, start, stop, mask_bit)
         frames.append((b0 & 0x0F, payload, b0 > 0x7F, b0 & 0x40 != 0))
         pos = stop
         if b0 < 0x80 or b0 & 0x0F == 0x8:
@@ -351,32 +363,13 @@ def py_scan_messages(
         b1 = data[pos + 1]
         if (b0 != 0x81 and b0 != 0x82) or b1 & 0x80 != mask_bit:
             break
-        length = b1 & 0x7F
-        start = pos + 2
-        if length == 126:
-            if end - pos < 4:
-                break
-            length = (data[start] << 8) | data[start + 1]
-            start += 2
-        elif length == 127:
-            if end - pos < 10:
-                break
-            length = int.from_bytes(data[start : start + 8], "big")
-            start += 8
-            if length >> 63:
-                break
-        if limit is not None and length > limit:
+        extent = _payload_extent(data, pos, mask_bit)
+        if extent is None:
             break
-        if mask_bit:
-            stop = start + 4 + length
-            if stop > end:
-                break
-            payload = _xor(data[start + 4 : stop], bytes(data[start : start + 4]))
-        else:
-            stop = start + length
-            if stop > end:
-                break
-            payload = bytes(data[start:stop])
+        start, stop = extent
+        if limit is not None and stop - start > limit:
+            break
+        payload = _payload(data, start, stop, mask_bit)
         if b0 == 0x81:
             try:
                 messages.append(payload.decode())
