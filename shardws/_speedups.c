@@ -475,6 +475,26 @@ frame_extent(const uint8_t *p, Py_ssize_t avail, int masked, uint64_t *length,
     return 1;
 }
 
+/* The payload of the frame at p as a new bytes object, unmasked with the
+ * 4 bytes before it when masked. */
+static PyObject *
+payload_bytes(const uint8_t *p, Py_ssize_t header, uint64_t length, int masked)
+{
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+
+    if (payload == NULL) {
+        return NULL;
+    }
+    if (masked) {
+        do_mask(p + header, (uint8_t *)PyBytes_AS_STRING(payload), (Py_ssize_t)length,
+                p + header - 4);
+    }
+    else {
+        memcpy(PyBytes_AS_STRING(payload), p + header, (size_t)length);
+    }
+    return payload;
+}
+
 PyDoc_STRVAR(scan_frames_doc,
 "scan_frames(buf, offset, require_mask, max_size, rsv1_allowed, /)\n"
 "    -> (list[tuple[int, bytes, bool, bool]], int)\n\n"
@@ -530,16 +550,9 @@ scan_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (!frame_extent(p, end - pos, a.require_mask, &length, &header)) break;
         if (!control && !a.unbounded && (long long)length > a.max_size) break;
 
-        payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+        payload = payload_bytes(p, header, length, a.require_mask);
         if (payload == NULL) {
             goto error;
-        }
-        if (a.require_mask) {
-            do_mask(p + header, (uint8_t *)PyBytes_AS_STRING(payload),
-                    (Py_ssize_t)length, p + header - 4);
-        }
-        else {
-            memcpy(PyBytes_AS_STRING(payload), p + header, (size_t)length);
         }
         frame = PyTuple_New(4);
         if (frame == NULL) {
@@ -617,16 +630,9 @@ scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (!a.unbounded && (long long)length > a.max_size) break;
 
         if (b0 == 0x82) {
-            message = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+            message = payload_bytes(p, header, length, a.require_mask);
             if (message == NULL) {
                 goto error;
-            }
-            if (a.require_mask) {
-                do_mask(p + header, (uint8_t *)PyBytes_AS_STRING(message),
-                        (Py_ssize_t)length, p + header - 4);
-            }
-            else {
-                memcpy(PyBytes_AS_STRING(message), p + header, (size_t)length);
             }
         }
         else if (!a.require_mask) {
@@ -637,12 +643,10 @@ scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             message = PyUnicode_DecodeUTF8((const char *)stack, (Py_ssize_t)length, NULL);
         }
         else {
-            PyObject *raw = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+            PyObject *raw = payload_bytes(p, header, length, 1);
             if (raw == NULL) {
                 goto error;
             }
-            do_mask(p + header, (uint8_t *)PyBytes_AS_STRING(raw), (Py_ssize_t)length,
-                    p + header - 4);
             message = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(raw), (Py_ssize_t)length, NULL);
             Py_DECREF(raw);
         }
