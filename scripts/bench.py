@@ -1043,7 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.handshake_loops = 50
     cfg.idle_connections = 5000
     cfg.servers = [s for s in cfg.servers.split(",") if s]
-    if cfg.workers:
+    if cfg.workers and f"shardws-w{cfg.workers}" not in cfg.servers:
         cfg.servers.append(f"shardws-w{cfg.workers}")
     cfg.tests = [t for t in cfg.tests.split(",") if t]
     cfg.modes = {m == "deflate" for m in cfg.modes.split(",")}
