@@ -51,11 +51,13 @@ the middle of a record leaves nothing visible; its replacement continues from
 ``committed`` / ``next_seq`` found in the header, so sequence numbers never go
 backwards for the readers.
 
-Memory model assumption (exercised by tests/bus with real processes):
-``struct.pack_into("<Q", buf, off, v)`` at an 8-aligned ``off`` is one 8-byte
-``memcpy`` that CPython compiles to a single aligned 8-byte store (the
-little-endian table uses the native packer on little-endian hosts), and
-``unpack_from`` a single aligned 8-byte load. On x86-64 such loads and stores
+Memory model assumption (exercised by tests/bus with real processes): the
+writer stores each header word through a ``memoryview`` cast to ``"Q"``
+(``header[i] = v``: one aligned 8-byte ``memcpy``, a single store), and
+``unpack_from`` is a single aligned 8-byte load. NOT ``struct.pack_into``:
+it first zeroes the whole struct (``memset``) and then packs the fields, so
+a reader could load a transient 0 -- a ``committed`` of 0 looked like a lap
+and cost a reader its place (found by tests/bus under heavy CPU load). On x86-64 such loads and stores
 are atomic and stores become visible in program order (TSO), which is all the
 protocol needs. Weakly ordered CPUs (ARM64) would need barriers that Python
 cannot express; the bus is supported on x86-64 only.
@@ -200,6 +202,7 @@ class RingWriter:
         "_max_record",
         "_chunk",
         "_heads",
+        "_hdr",
     )
 
     def __init__(self, region: memoryview, *, pid: int = 0) -> None:
@@ -218,8 +221,10 @@ class RingWriter:
         self._seq0: int = next_seq
         self._tail: int = tail
         self._reserved: int = reserved
+        # The header as 8-byte words: every store is one word (see the module doc).
+        self._hdr = region[:RING_HEADER].cast("Q")
         self._set_limit()
-        _U64.pack_into(region, _OFF_PID, pid)
+        self._hdr[_OFF_PID // 8] = pid
 
     def _set_limit(self) -> None:
         # The fast path of write() needs one comparison: a record ending at or
@@ -271,7 +276,9 @@ class RingWriter:
             self._tail = tail
         if end > self._reserved:
             self._reserved = end
-        _PAIR.pack_into(self._buf, _OFF_TAIL, tail, self._reserved)
+        hdr = self._hdr
+        hdr[2] = tail  # _OFF_TAIL, then _OFF_RESERVED: one store each, in this order
+        hdr[3] = self._reserved
 
     def _make_room(self, kind: int, topic: bytes, plen: int, size: int) -> None:
         # Slow path of write(): checks, padding to the end of the data area,
@@ -300,7 +307,6 @@ class RingWriter:
         opcode: int,
         topic: bytes,
         payload: bytes | bytearray | memoryview,
-        _commit: Callable[..., None] = _PAIR.pack_into,
     ) -> int:
         """Append one record and commit it; return its sequence number.
 
@@ -332,8 +338,10 @@ class RingWriter:
         buf[start : start + plen] = payload
         self._head = end
         self._seq = seq + 1
-        # next_seq then committed: the commit is the last (8-byte) store.
-        _commit(buf, 32, seq + 1, end)
+        # next_seq then committed (words 4 and 5): the commit is the last store.
+        hdr = self._hdr
+        hdr[4] = seq + 1
+        hdr[5] = end
         return seq
 
     def _write_torn(self, kind: int, opcode: int, topic: bytes, payload: bytes) -> None:
