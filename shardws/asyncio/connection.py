@@ -135,7 +135,6 @@ class ServerConnection(asyncio.Protocol):
         "_parser",
         "_early",
         "_extensions",
-        "_request_waiter",
         "_closed_waiter",
         "_task",
         "_handshaking",
@@ -168,7 +167,6 @@ class ServerConnection(asyncio.Protocol):
         self._protocol: Connection | None = None
         self._extensions: list[Any] = []
         # The task is only created once the request arrived: nothing waits for it.
-        self._request_waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[None] = loop.create_future()
         self._task: asyncio.Task[None] | None = None
         # incoming messages
@@ -358,8 +356,7 @@ class ServerConnection(asyncio.Protocol):
         if protocol is not None and protocol.state is not State.CLOSED:
             protocol.receive_eof()
         # Usually no timer runs and only _closed_waiter (and the handler's
-        # _recv_waiter) wait: test each slot rather than build tuples
-        # (_request_waiter is never set since the handshake needs no task).
+        # _recv_waiter) wait: test each slot rather than build tuples.
         if self._keepalive_handle is not None:
             self._keepalive_handle.cancel()
             self._keepalive_handle = None
@@ -479,13 +476,6 @@ class ServerConnection(asyncio.Protocol):
             else:
                 transport.resume_reading()
 
-    def _pop_message(self) -> Data:
-        message = self._messages.popleft()
-        self._queued_bytes -= len(message)
-        if self._queue_full:
-            self._resume_if_drained()
-        return message
-
     def _resume_if_drained(self) -> None:
         """The queue was full: resume reading once below the low-water marks."""
         options = self._options
@@ -530,14 +520,7 @@ class ServerConnection(asyncio.Protocol):
                 "cannot call recv while another coroutine is already running recv"
             )
         messages = self._messages
-        if messages and decode is None:
-            # Fast path: a message is waiting (no await at all).
-            message = messages.popleft()
-            self._queued_bytes -= len(message)
-            if self._queue_full:
-                self._resume_if_drained()
-            return message
-        while not messages:
+        while not messages:  # a message already waiting: no await at all
             if self._closed_waiter.done():
                 if iterating and self._closed_ok():
                     raise StopAsyncIteration  # no exception object built for nothing

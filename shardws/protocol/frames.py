@@ -165,16 +165,14 @@ def serialize_final_frame(opcode: int, payload: bytes | bytearray | memoryview) 
     bytes are exactly those of :func:`serialize_frame`.
     """
     n = len(payload)
-    # Section 5.2: "the minimal number of bytes MUST be used to encode the length".
-    if n < 126:
+    if n < 126:  # the common case, without a call
         return _FINAL_HEADERS[opcode][n] + payload
-    if n < 65536:
-        return _pack_u16(0x80 | opcode, 126, n) + payload
-    return _pack_u64(0x80 | opcode, 127, n) + payload
+    return final_header(opcode, n) + payload
 
 
 def final_header(opcode: int, n: int) -> bytes:
     """The header of :func:`serialize_final_frame` for an ``n``-byte payload."""
+    # Section 5.2: "the minimal number of bytes MUST be used to encode the length".
     if n < 126:
         return _FINAL_HEADERS[opcode][n]
     if n < 65536:
