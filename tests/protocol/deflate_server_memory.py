@@ -101,6 +101,7 @@ class Client(asyncio.Protocol):
         self.request = request
         self.handshake: asyncio.Future[bytes] = loop.create_future()
         self.echo: asyncio.Future[None] | None = None
+        self.lost: asyncio.Future[None] = loop.create_future()
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -127,6 +128,8 @@ class Client(asyncio.Protocol):
             self.echo.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
         for future in (self.handshake, self.echo):
             if future is not None and not future.done():
                 future.set_exception(ConnectionError("closed by the server"))
@@ -207,7 +210,7 @@ async def measure_row(kwargs: str, offer: str, connections: int) -> dict[str, ob
         for c in warm:
             assert c.transport is not None
             c.transport.close()
-        await asyncio.sleep(0.2)  # let both sides close the warm-up sockets
+        await asyncio.gather(*(c.lost for c in warm))  # our side closed; settled_rss waits for the server
         before = settled_rss(server.pid)
         for start in range(0, connections, WAVE):
             clients += await open_wave(port, offer, min(WAVE, connections - start))
