@@ -26,11 +26,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy shardws
 
-# The protocol tests run twice: with the C speedups and with the pure fallback.
+# The protocol and server tests run twice: with the C speedups and with the pure
+# fallback (the Python methods that the C fast paths of ServerConnection replace).
 pytest: $(STAMP)
 	rm -f .coverage .coverage.*
 	$(VENV)/bin/coverage run -m pytest -q -p no:cacheprovider tests
-	SHARDWS_NO_SPEEDUPS=1 $(VENV)/bin/coverage run -m pytest -q -p no:cacheprovider tests/protocol
+	SHARDWS_NO_SPEEDUPS=1 $(VENV)/bin/coverage run -m pytest -q -p no:cacheprovider tests/protocol tests/asyncio tests/hostile tests/interop
 	$(VENV)/bin/coverage combine -q
 	$(VENV)/bin/coverage report --include='shardws/protocol/*'
 	$(VENV)/bin/coverage report --fail-under=95 --include='shardws/protocol/*' > /dev/null || \

@@ -26,6 +26,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <stdint.h>
 #include <string.h>
@@ -1044,6 +1045,871 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------- ServerConnection fast paths */
+
+/* C versions of the hot methods of shardws.asyncio.connection.ServerConnection
+ * (and Server._flush_corked), bound by connection_fast_paths(). They read and
+ * write the instances' __slots__ directly, at the offsets of the slot
+ * descriptors, and only take the common case: a whole uncompressed message
+ * received on an OPEN connection, a str or bytes sent on one. Anything else
+ * -- a handshake in progress, a control, fragmented or compressed frame, a
+ * partial frame, a closing connection, a subclass that redefines a slot --
+ * calls the Python method they replace, renamed with a "_py" suffix, which
+ * stays the specification (SHARDWS_NO_SPEEDUPS=1 runs it alone). */
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* Slot offsets; 0 until connection_fast_paths() bound them. */
+static struct {
+    PyTypeObject *conn_type, *protocol_type, *parser_type, *options_type, *deque_type;
+    PyObject *stats, *open_state, *deque_append, *checked_types;
+    Py_ssize_t split_at;
+    /* ServerConnection */
+    Py_ssize_t c_protocol, c_transport, c_fragmented, c_write_paused, c_corked, c_cork_limit,
+        c_flush_scheduled, c_loop, c_messages, c_queued_bytes, c_recv_waiter, c_server,
+        c_options;
+    /* protocol.connection.Connection */
+    Py_ssize_t p_state, p_discard, p_msg_opcode, p_parser, p_out, p_plain, p_send_fragmented,
+        p_pending_pongs;
+    /* protocol.frames.FrameParser */
+    Py_ssize_t f_max_size, f_buf, f_pos, f_ready, f_next, f_base;
+    /* server._Options */
+    Py_ssize_t o_max_queue_high, o_read_limit_high;
+    /* registry.Stats */
+    Py_ssize_t s_messages_in, s_messages_out;
+} fp;
+
+static PyObject *str_data_received_py, *str_send_py, *str_flush_py, *str_flush,
+    *str_flush_corked_py, *str_queue_overflow, *str_closing_started, *str_drain, *str_done,
+    *str_set_result, *str_write, *str_writelines, *str_is_closing, *str_call_soon,
+    *str_to_flush, *str_flush_corked, *str_text;
+
+/* The offset of the __slots__ member `name` of `cls` (a T_OBJECT_EX slot). */
+static int
+slot_offset(PyObject *cls, const char *name, Py_ssize_t *offset)
+{
+    PyObject *descr = PyObject_GetAttrString(cls, name);
+
+    if (descr == NULL) {
+        return -1;
+    }
+    if (!Py_IS_TYPE(descr, &PyMemberDescr_Type)
+        || ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "%R.%s is not a __slots__ member", cls, name);
+        Py_DECREF(descr);
+        return -1;
+    }
+    *offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    Py_DECREF(descr);
+    return 0;
+}
+
+/* Replace the object in a slot (new reference taken). */
+static inline void
+slot_set(PyObject *obj, Py_ssize_t off, PyObject *value)
+{
+    PyObject *old = SLOT(obj, off);
+    SLOT(obj, off) = Py_NewRef(value);
+    Py_XDECREF(old);
+}
+
+/* Steals `value`; returns -1 (value NULL: an exception is set). */
+static inline int
+slot_set_new(PyObject *obj, Py_ssize_t off, PyObject *value)
+{
+    PyObject *old;
+
+    if (value == NULL) {
+        return -1;
+    }
+    old = SLOT(obj, off);
+    SLOT(obj, off) = value;
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* A slot holding an int, or -1 with no exception when it holds anything else. */
+static inline Py_ssize_t
+slot_ssize(PyObject *obj, Py_ssize_t off)
+{
+    PyObject *v = SLOT(obj, off);
+    Py_ssize_t n;
+
+    if (v == NULL || !PyLong_CheckExact(v)) {
+        return -1;
+    }
+    n = PyLong_AsSsize_t(v);
+    if (n == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    return n;
+}
+
+static inline int
+slot_is(PyObject *obj, Py_ssize_t off, PyObject *value)
+{
+    return SLOT(obj, off) == value;
+}
+
+/* Add n to the int in a slot; -1 on error. */
+static int
+slot_add(PyObject *obj, Py_ssize_t off, Py_ssize_t n)
+{
+    PyObject *v = SLOT(obj, off), *delta, *sum;
+
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "counter slot is not set");
+        return -1;
+    }
+    delta = PyLong_FromSsize_t(n);
+    if (delta == NULL) {
+        return -1;
+    }
+    sum = PyNumber_Add(v, delta);
+    Py_DECREF(delta);
+    return slot_set_new(obj, off, sum);
+}
+
+/* self is a ServerConnection whose slots lie where the bound offsets say:
+ * the class itself, or a subclass that does not redefine them. */
+static int
+conn_checked(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject *known;
+
+    if (tp == fp.conn_type) {
+        return 1;
+    }
+    if (fp.conn_type == NULL || !PyType_IsSubtype(tp, fp.conn_type)) {
+        return 0;
+    }
+    known = PyDict_GetItemWithError(fp.checked_types, (PyObject *)tp);
+    if (known != NULL) {
+        return known == Py_True;
+    }
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    {
+        static const char *names[] = {
+            "_protocol", "_transport", "_fragmented", "_write_paused", "_corked",
+            "_cork_limit", "_flush_scheduled", "_loop", "_messages", "_queued_bytes",
+            "_recv_waiter", "_server", "_options", NULL};
+        int same = 1;
+        for (int i = 0; names[i] != NULL && same; i++) {
+            PyObject *mine = PyObject_GetAttrString((PyObject *)tp, names[i]);
+            PyObject *base = PyObject_GetAttrString((PyObject *)fp.conn_type, names[i]);
+            same = mine != NULL && mine == base;
+            Py_XDECREF(mine);
+            Py_XDECREF(base);
+        }
+        PyErr_Clear();
+        if (PyDict_SetItem(fp.checked_types, (PyObject *)tp, same ? Py_True : Py_False) < 0) {
+            PyErr_Clear();
+        }
+        return same;
+    }
+}
+
+/* The protocol of an OPEN connection, if it is the class the offsets belong to. */
+static inline PyObject *
+open_protocol(PyObject *self)
+{
+    PyObject *protocol = SLOT(self, fp.c_protocol);
+
+    if (protocol == NULL || !Py_IS_TYPE(protocol, fp.protocol_type)
+        || SLOT(protocol, fp.p_state) != fp.open_state) {
+        return NULL;
+    }
+    return protocol;
+}
+
+/* -- receiving */
+
+/* How many whole single-frame text/binary messages make up all of data
+ * (masked, within max_size); -1 when data holds anything else. Headers only:
+ * text is validated when decoded. */
+static Py_ssize_t
+count_whole_messages(const uint8_t *base, Py_ssize_t end, int unbounded, long long max_size)
+{
+    Py_ssize_t pos = 0, count = 0;
+
+    while (pos < end) {
+        const uint8_t *p = base + pos;
+        Py_ssize_t header;
+        uint64_t length;
+
+        if (end - pos < 2 || (p[0] != 0x81 && p[0] != 0x82) || !(p[1] & 0x80)) return -1;
+        if (!frame_extent(p, end - pos, 1, &length, &header)) return -1;
+        if (!unbounded && (long long)length > max_size) return -1;
+        pos += header + (Py_ssize_t)length;
+        count++;
+    }
+    return count;
+}
+
+/* 1: data was taken by the fast path; 0: the Python method must take it;
+ * -1: error. */
+static int
+receive_fast(PyObject *self, PyObject *data)
+{
+    PyObject *protocol, *parser, *buf, *max_obj, *ready, *messages, *waiter, *options;
+    PyObject *stack_msgs[16], **msgs = stack_msgs;
+    Py_ssize_t buf_len, pos, next, count, end, added_len = 0, i;
+    long long max_size = 0;
+    int unbounded, ok = -1;
+    const uint8_t *base;
+
+    if (!PyBytes_CheckExact(data) || !conn_checked(self)) return 0;
+    if ((protocol = open_protocol(self)) == NULL) return 0;
+    if (SLOT(protocol, fp.p_discard) != Py_False) return 0;
+    if (slot_ssize(protocol, fp.p_msg_opcode) != 0) return 0;
+    parser = SLOT(protocol, fp.p_parser);
+    if (parser == NULL || !Py_IS_TYPE(parser, fp.parser_type)) return 0;
+    /* FrameParser.feed_messages' condition: nothing buffered or decoded ahead */
+    buf = SLOT(parser, fp.f_buf);
+    if (buf != NULL && PyBytes_CheckExact(buf)) buf_len = PyBytes_GET_SIZE(buf);
+    else if (buf != NULL && PyByteArray_CheckExact(buf)) buf_len = PyByteArray_GET_SIZE(buf);
+    else return 0;
+    pos = slot_ssize(parser, fp.f_pos);
+    if (pos != buf_len) return 0;
+    ready = SLOT(parser, fp.f_ready);
+    next = slot_ssize(parser, fp.f_next);
+    if (ready == NULL || !PyList_CheckExact(ready) || next < PyList_GET_SIZE(ready)) return 0;
+    max_obj = SLOT(parser, fp.f_max_size);
+    if (max_obj == Py_None) {
+        unbounded = 1;
+    }
+    else if (max_obj != NULL && PyLong_CheckExact(max_obj)) {
+        unbounded = 0;
+        max_size = PyLong_AsLongLong(max_obj);
+        if (max_size == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    else return 0;
+    messages = SLOT(self, fp.c_messages);
+    if (messages == NULL || !Py_IS_TYPE(messages, fp.deque_type)) return 0;
+    options = SLOT(self, fp.c_options);
+    if (options == NULL || !Py_IS_TYPE(options, fp.options_type)) return 0;
+
+    base = (const uint8_t *)PyBytes_AS_STRING(data);
+    end = PyBytes_GET_SIZE(data);
+    count = count_whole_messages(base, end, unbounded, max_size);
+    if (count <= 0) return 0;
+    if (count > (Py_ssize_t)(sizeof(stack_msgs) / sizeof(stack_msgs[0]))) {
+        msgs = PyMem_Malloc(sizeof(PyObject *) * (size_t)count);
+        if (msgs == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    /* Decode every message first: invalid UTF-8 leaves it all to the parser. */
+    pos = 0;
+    for (i = 0; i < count; i++) {
+        const uint8_t *p = base + pos;
+        Py_ssize_t header = 0;
+        uint64_t length = 0;
+        PyObject *message;
+
+        frame_extent(p, end - pos, 1, &length, &header);
+        if (p[0] == 0x82) {
+            message = payload_bytes(p, header, length, 1);
+            if (message != NULL) added_len += (Py_ssize_t)length;
+        }
+        else {
+            uint8_t stack[SCAN_STACK];
+            if (length <= SCAN_STACK) {
+                do_mask(p + header, stack, (Py_ssize_t)length, p + header - 4);
+                message = PyUnicode_DecodeUTF8((const char *)stack, (Py_ssize_t)length, NULL);
+            }
+            else {
+                PyObject *raw = payload_bytes(p, header, length, 1);
+                message = raw == NULL ? NULL : PyUnicode_DecodeUTF8(
+                    PyBytes_AS_STRING(raw), (Py_ssize_t)length, NULL);
+                Py_XDECREF(raw);
+            }
+            if (message != NULL) added_len += PyUnicode_GET_LENGTH(message);
+        }
+        if (message == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                PyErr_Clear();
+                ok = 0; /* the parser reports it */
+            }
+            while (i > 0) {
+                Py_DECREF(msgs[--i]);
+            }
+            goto done;
+        }
+        msgs[i] = message;
+        pos += header + (Py_ssize_t)length;
+    }
+
+    /* FrameParser.feed_messages: the whole read is consumed. */
+    if (slot_add(parser, fp.f_base, buf_len) < 0) goto drop;
+    slot_set(parser, fp.f_buf, data);
+    if (slot_set_new(parser, fp.f_pos, PyLong_FromSsize_t(end)) < 0) goto drop;
+
+    /* ServerConnection._process_events for messages only. */
+    for (i = 0; i < count; i++) {
+        PyObject *args[2] = {messages, msgs[i]};
+        PyObject *r = PyObject_Vectorcall(fp.deque_append, args, 2, NULL);
+        Py_DECREF(msgs[i]);
+        msgs[i] = NULL;
+        if (r == NULL) {
+            for (i++; i < count; i++) Py_DECREF(msgs[i]);
+            goto done;
+        }
+        Py_DECREF(r);
+    }
+    if (slot_add(self, fp.c_queued_bytes, added_len) < 0) goto done;
+    if (slot_add(fp.stats, fp.s_messages_in, count) < 0) goto done;
+    waiter = SLOT(self, fp.c_recv_waiter);
+    if (waiter != NULL && waiter != Py_None) {
+        PyObject *r = PyObject_CallMethodNoArgs(waiter, str_done);
+        int is_done;
+        if (r == NULL) goto done;
+        is_done = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (is_done < 0) goto done;
+        if (!is_done) {
+            r = PyObject_CallMethodOneArg(waiter, str_set_result, Py_None);
+            if (r == NULL) goto done;
+            Py_DECREF(r);
+        }
+    }
+    {
+        double high = PyFloat_AsDouble(SLOT(options, fp.o_max_queue_high));
+        double bytes_high = PyFloat_AsDouble(SLOT(options, fp.o_read_limit_high));
+        Py_ssize_t queued = slot_ssize(self, fp.c_queued_bytes);
+        if ((high == -1.0 || bytes_high == -1.0) && PyErr_Occurred()) goto done;
+        if ((double)PyObject_Length(messages) >= high || (double)queued > bytes_high) {
+            PyObject *r = PyObject_CallMethodNoArgs(self, str_queue_overflow);
+            if (r == NULL) goto done;
+            Py_DECREF(r);
+        }
+    }
+    /* Corked answers go out with this read (as _process_events does). */
+    {
+        PyObject *out = SLOT(protocol, fp.p_out);
+        if (out == NULL || !PyList_CheckExact(out) || PyList_GET_SIZE(out)) {
+            PyObject *r = PyObject_CallMethodNoArgs(self, str_flush);
+            if (r == NULL) goto done;
+            Py_DECREF(r);
+        }
+    }
+    ok = 1;
+    goto done;
+
+drop:
+    for (i = 0; i < count; i++) Py_XDECREF(msgs[i]);
+done:
+    if (msgs != stack_msgs) PyMem_Free(msgs);
+    return ok;
+}
+
+static PyObject *
+conn_data_received(PyObject *self, PyObject *data)
+{
+    int taken = receive_fast(self, data);
+
+    if (taken < 0) return NULL;
+    if (taken) Py_RETURN_NONE;
+    return PyObject_CallMethodOneArg(self, str_data_received_py, data);
+}
+
+/* -- writing */
+
+/* ServerConnection._flush: write what the protocol queued. */
+static PyObject *
+conn_flush(PyObject *self, PyObject *unused)
+{
+    PyObject *protocol, *out, *transport, *r;
+
+    if (!conn_checked(self)) goto slow;
+    protocol = SLOT(self, fp.c_protocol);
+    if (protocol == NULL || !Py_IS_TYPE(protocol, fp.protocol_type)) goto slow;
+    out = SLOT(protocol, fp.p_out);
+    transport = SLOT(self, fp.c_transport);
+    if (out == NULL || !PyList_CheckExact(out) || transport == NULL) goto slow;
+    if (slot_set_new(self, fp.c_corked, PyLong_FromLong(0)) < 0) return NULL;
+    if (PyList_GET_SIZE(out)) {
+        /* Connection.data_to_send */
+        Py_INCREF(out);
+        if (slot_set_new(protocol, fp.p_out, PyList_New(0)) < 0
+            || slot_set_new(protocol, fp.p_pending_pongs, PyLong_FromLong(0)) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (PyList_GET_SIZE(out) == 1) {
+            r = PyObject_CallMethodOneArg(transport, str_write, PyList_GET_ITEM(out, 0));
+        }
+        else {
+            r = PyObject_CallMethodOneArg(transport, str_writelines, out);
+        }
+        Py_DECREF(out);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+    }
+    if (SLOT(protocol, fp.p_state) != fp.open_state) {
+        return PyObject_CallMethodNoArgs(self, str_closing_started);
+    }
+    Py_RETURN_NONE;
+
+slow:
+    return PyObject_CallMethodNoArgs(self, str_flush_py);
+}
+
+/* Server._flush_corked: one callback per loop iteration for every connection
+ * whose send() corked. */
+static PyObject *
+server_flush_corked(PyObject *server, PyObject *unused)
+{
+    PyObject *connections, *fresh;
+    Py_ssize_t i;
+    int failed = 0;
+
+    connections = PyObject_GetAttr(server, str_to_flush);
+    if (connections == NULL) return NULL;
+    if (!PyList_CheckExact(connections)) {
+        Py_DECREF(connections);
+        return PyObject_CallMethodNoArgs(server, str_flush_corked_py);
+    }
+    fresh = PyList_New(0);
+    if (fresh == NULL || PyObject_SetAttr(server, str_to_flush, fresh) < 0) {
+        Py_XDECREF(fresh);
+        Py_DECREF(connections);
+        return NULL;
+    }
+    Py_DECREF(fresh);
+    for (i = 0; i < PyList_GET_SIZE(connections) && !failed; i++) {
+        PyObject *conn = PyList_GET_ITEM(connections, i), *corked, *transport, *closing, *r;
+        int is_closing;
+
+        if (!conn_checked(conn)) {
+            /* not ours: the Python loop body */
+            if (PyObject_SetAttrString(conn, "_flush_scheduled", Py_False) < 0) {
+                failed = 1;
+                break;
+            }
+            corked = PyObject_GetAttrString(conn, "_corked");
+            transport = corked == NULL ? NULL : PyObject_GetAttrString(conn, "_transport");
+        }
+        else {
+            slot_set(conn, fp.c_flush_scheduled, Py_False);
+            corked = Py_XNewRef(SLOT(conn, fp.c_corked));
+            transport = Py_XNewRef(SLOT(conn, fp.c_transport));
+            if (corked == NULL || transport == NULL) {
+                PyErr_SetString(PyExc_AttributeError, "_corked");
+            }
+        }
+        if (corked == NULL || transport == NULL) {
+            Py_XDECREF(corked);
+            Py_XDECREF(transport);
+            failed = 1;
+            break;
+        }
+        is_closing = PyObject_IsTrue(corked);
+        Py_DECREF(corked);
+        if (is_closing > 0) {
+            closing = PyObject_CallMethodNoArgs(transport, str_is_closing);
+            is_closing = closing == NULL ? -1 : PyObject_IsTrue(closing);
+            Py_XDECREF(closing);
+            if (is_closing == 0) {
+                r = PyObject_CallMethodNoArgs(conn, str_flush);
+                if (r == NULL) is_closing = -1;
+                Py_XDECREF(r);
+            }
+        }
+        Py_DECREF(transport);
+        failed = is_closing < 0;
+    }
+    Py_DECREF(connections);
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The awaitable that send() returns when the message is already queued:
+ * completes at once, like a coroutine that returned None. It has the
+ * coroutine methods, so asyncio.iscoroutine() accepts it (create_task,
+ * gather, wait_for). */
+typedef struct {
+    PyObject_HEAD
+} DoneObject;
+
+static PyObject *
+done_self(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+done_next(PyObject *self)
+{
+    return NULL; /* StopIteration(None), no exception object */
+}
+
+static PyObject *
+done_send(PyObject *self, PyObject *value)
+{
+    PyErr_SetNone(PyExc_StopIteration);
+    return NULL;
+}
+
+static PyObject *
+done_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *typ, *val = NULL, *tb = NULL;
+
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+        return NULL;
+    }
+    typ = args[0];
+    if (nargs > 1) val = args[1];
+    if (nargs > 2) tb = args[2];
+    if (PyExceptionInstance_Check(typ)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+        if (tb != NULL && tb != Py_None) {
+            PyException_SetTraceback(typ, tb);
+        }
+        return NULL;
+    }
+    if (PyExceptionClass_Check(typ)) {
+        PyErr_SetObject(typ, val == Py_None ? NULL : val);
+        return NULL;
+    }
+    PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+    return NULL;
+}
+
+static PyObject *
+done_close(PyObject *self, PyObject *unused)
+{
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef done_methods[] = {
+    {"send", (PyCFunction)done_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))done_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)done_close, METH_NOARGS, NULL},
+    {"__await__", (PyCFunction)done_self, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods done_as_async = {
+    .am_await = done_self,
+};
+
+static PyTypeObject DoneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shardws._speedups.Sent",
+    .tp_basicsize = sizeof(DoneObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What send() returns once the message is queued: awaiting it returns None.",
+    .tp_as_async = &done_as_async,
+    .tp_iter = done_self,
+    .tp_iternext = done_next,
+    .tp_methods = done_methods,
+};
+
+static PyObject *sent_singleton;
+
+/* ServerConnection.send: a str or bytes on an OPEN connection, text not
+ * contradicting its type, is framed and corked here. */
+static PyObject *
+conn_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *message, *text = Py_None, *protocol, *out, *frame, *payload = NULL, *owned = NULL;
+    const char *p;
+    Py_ssize_t n, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames), corked, limit, hlen;
+    uint8_t opcode, *h;
+
+    if (nargs + nkw < 1 || nargs + nkw > 2 || nargs < 1) goto slow;
+    message = args[0];
+    if (nargs == 2) text = args[1];
+    else if (nkw == 1) {
+        if (PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), str_text) != 0) {
+            if (PyErr_Occurred()) PyErr_Clear();
+            goto slow;
+        }
+        text = args[1];
+    }
+    if (!conn_checked(self) || SLOT(self, fp.c_fragmented) != Py_None) goto slow;
+    if ((protocol = open_protocol(self)) == NULL) goto slow;
+    if (SLOT(protocol, fp.p_plain) != Py_True || SLOT(protocol, fp.p_send_fragmented) != Py_False)
+        goto slow;
+    out = SLOT(protocol, fp.p_out);
+    if (out == NULL || !PyList_CheckExact(out)) goto slow;
+    if (PyUnicode_CheckExact(message)) {
+        if (text != Py_None && text != Py_True) goto slow;
+        opcode = 0x81;
+        if (PyUnicode_IS_ASCII(message)) {
+            p = (const char *)PyUnicode_DATA(message);
+            n = PyUnicode_GET_LENGTH(message);
+        }
+        else {
+            owned = PyUnicode_AsUTF8String(message);
+            if (owned == NULL) {
+                PyErr_Clear(); /* e.g. a lone surrogate: raised by the Python method */
+                goto slow;
+            }
+            p = PyBytes_AS_STRING(owned);
+            n = PyBytes_GET_SIZE(owned);
+        }
+    }
+    else if (PyBytes_CheckExact(message)) {
+        if (text != Py_None && text != Py_False) goto slow;
+        opcode = 0x82;
+        p = PyBytes_AS_STRING(message);
+        n = PyBytes_GET_SIZE(message);
+    }
+    else goto slow;
+
+    hlen = n < 126 ? 2 : n < 65536 ? 4 : 10;
+    if (n < fp.split_at) {
+        frame = PyBytes_FromStringAndSize(NULL, hlen + n);
+        if (frame == NULL) goto error;
+        memcpy(PyBytes_AS_STRING(frame) + hlen, p, (size_t)n);
+    }
+    else {
+        /* header, then the payload object itself: one writev, no copy */
+        frame = PyBytes_FromStringAndSize(NULL, hlen);
+        if (frame == NULL) goto error;
+        if (owned != NULL) payload = Py_NewRef(owned);
+        else if (opcode == 0x82) payload = Py_NewRef(message);
+        else payload = PyBytes_FromStringAndSize(p, n);
+        if (payload == NULL) {
+            Py_DECREF(frame);
+            goto error;
+        }
+    }
+    h = (uint8_t *)PyBytes_AS_STRING(frame);
+    h[0] = opcode;
+    if (hlen == 2) {
+        h[1] = (uint8_t)n;
+    }
+    else if (hlen == 4) {
+        h[1] = 126;
+        h[2] = (uint8_t)(n >> 8);
+        h[3] = (uint8_t)n;
+    }
+    else {
+        h[1] = 127;
+        for (int i = 0; i < 8; i++) h[2 + i] = (uint8_t)((uint64_t)n >> (56 - 8 * i));
+    }
+    if (PyList_Append(out, frame) < 0 || (payload != NULL && PyList_Append(out, payload) < 0)) {
+        Py_DECREF(frame);
+        Py_XDECREF(payload);
+        goto error;
+    }
+    Py_DECREF(frame);
+    Py_XDECREF(payload);
+    Py_CLEAR(owned);
+    if (slot_add(fp.stats, fp.s_messages_out, 1) < 0) return NULL;
+
+    /* Corking (see Server._flush_corked) */
+    corked = slot_ssize(self, fp.c_corked);
+    limit = slot_ssize(self, fp.c_cork_limit);
+    if (corked < 0 || limit < 0) {
+        PyErr_SetString(PyExc_TypeError, "_corked and _cork_limit must be ints");
+        return NULL;
+    }
+    corked += n + 2; /* + header: never 0, even for an empty message */
+    if (corked >= limit) {
+        PyObject *r = conn_flush(self, NULL);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+    }
+    else {
+        if (slot_set_new(self, fp.c_corked, PyLong_FromSsize_t(corked)) < 0) return NULL;
+        if (SLOT(self, fp.c_flush_scheduled) != Py_True) {
+            PyObject *server = SLOT(self, fp.c_server), *to_flush;
+            int first;
+            slot_set(self, fp.c_flush_scheduled, Py_True);
+            to_flush = PyObject_GetAttr(server, str_to_flush);
+            if (to_flush == NULL) return NULL;
+            first = PyObject_Not(to_flush);
+            if (first > 0) {
+                PyObject *cb = PyObject_GetAttr(server, str_flush_corked), *r;
+                if (cb == NULL) {
+                    Py_DECREF(to_flush);
+                    return NULL;
+                }
+                r = PyObject_CallMethodOneArg(SLOT(self, fp.c_loop), str_call_soon, cb);
+                Py_DECREF(cb);
+                if (r == NULL) {
+                    Py_DECREF(to_flush);
+                    return NULL;
+                }
+                Py_DECREF(r);
+            }
+            if (first < 0 || (PyList_CheckExact(to_flush) ? PyList_Append(to_flush, self)
+                              : -1) < 0) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "_to_flush");
+                Py_DECREF(to_flush);
+                return NULL;
+            }
+            Py_DECREF(to_flush);
+        }
+    }
+    if (SLOT(self, fp.c_write_paused) == Py_True) {
+        return PyObject_CallMethodNoArgs(self, str_drain);
+    }
+    return Py_NewRef(sent_singleton);
+
+error:
+    Py_XDECREF(owned);
+    return NULL;
+
+slow:
+    Py_XDECREF(owned);
+    {
+        PyObject *small[4], **stack = small, *r;
+        if (nargs + nkw + 1 > 4) {
+            stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
+            if (stack == NULL) return PyErr_NoMemory();
+        }
+        stack[0] = self;
+        for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
+        r = PyObject_VectorcallMethod(str_send_py, stack, (size_t)nargs + 1, kwnames);
+        if (stack != small) PyMem_Free(stack);
+        return r;
+    }
+}
+
+static PyMethodDef conn_data_received_def = {
+    "data_received", (PyCFunction)conn_data_received, METH_O,
+    "Take whole messages in C; anything else goes to _data_received_py."};
+static PyMethodDef conn_send_def = {
+    "send", (PyCFunction)(void (*)(void))conn_send, METH_FASTCALL | METH_KEYWORDS,
+    "send(message, text=None): queue a str or bytes in C; anything else goes to _send_py."};
+static PyMethodDef conn_flush_def = {
+    "_flush", (PyCFunction)conn_flush, METH_NOARGS,
+    "Write what the protocol queued (the C version of _flush_py)."};
+static PyMethodDef server_flush_corked_def = {
+    "_flush_corked", (PyCFunction)server_flush_corked, METH_NOARGS,
+    "Write what send() corked on every connection (the C version of _flush_corked_py)."};
+
+PyDoc_STRVAR(connection_fast_paths_doc,
+"connection_fast_paths(connection_cls, protocol_cls, parser_cls, options_cls,\n"
+"                      server_cls, stats, open_state, split_at, /) -> dict\n\n"
+"Bind the C fast paths to these classes (their __slots__ offsets) and return\n"
+"method descriptors: 'data_received', 'send' and '_flush' for connection_cls,\n"
+"'_flush_corked' for server_cls. Each calls the Python method of the same\n"
+"name with a '_py' suffix for every case it does not take itself.");
+
+static PyObject *
+connection_fast_paths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *conn, *proto, *parser, *options, *server, *collections, *result;
+    struct { PyObject *cls; const char *name; Py_ssize_t *off; } slots[] = {
+        {NULL, "_protocol", &fp.c_protocol}, {NULL, "_transport", &fp.c_transport},
+        {NULL, "_fragmented", &fp.c_fragmented}, {NULL, "_write_paused", &fp.c_write_paused},
+        {NULL, "_corked", &fp.c_corked}, {NULL, "_cork_limit", &fp.c_cork_limit},
+        {NULL, "_flush_scheduled", &fp.c_flush_scheduled}, {NULL, "_loop", &fp.c_loop},
+        {NULL, "_messages", &fp.c_messages}, {NULL, "_queued_bytes", &fp.c_queued_bytes},
+        {NULL, "_recv_waiter", &fp.c_recv_waiter}, {NULL, "_server", &fp.c_server},
+        {NULL, "_options", &fp.c_options},
+        {NULL, "state", &fp.p_state}, {NULL, "_discard", &fp.p_discard},
+        {NULL, "_msg_opcode", &fp.p_msg_opcode}, {NULL, "_parser", &fp.p_parser},
+        {NULL, "_out", &fp.p_out}, {NULL, "_plain", &fp.p_plain},
+        {NULL, "_send_fragmented", &fp.p_send_fragmented},
+        {NULL, "_pending_pongs", &fp.p_pending_pongs},
+        {NULL, "max_size", &fp.f_max_size}, {NULL, "_buf", &fp.f_buf}, {NULL, "_pos", &fp.f_pos},
+        {NULL, "_ready", &fp.f_ready}, {NULL, "_next", &fp.f_next}, {NULL, "_base", &fp.f_base},
+        {NULL, "max_queue_high", &fp.o_max_queue_high},
+        {NULL, "read_limit_high", &fp.o_read_limit_high},
+        {NULL, "messages_in", &fp.s_messages_in}, {NULL, "messages_out", &fp.s_messages_out},
+    };
+    Py_ssize_t split_at;
+
+    if (check_nargs("connection_fast_paths", nargs, 8, 8) < 0) return NULL;
+    conn = args[0];
+    proto = args[1];
+    parser = args[2];
+    options = args[3];
+    server = args[4];
+    for (int i = 0; i < 5; i++) {
+        if (!PyType_Check(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "connection_fast_paths() expects 5 classes first");
+            return NULL;
+        }
+    }
+    split_at = PyLong_AsSsize_t(args[7]);
+    if (split_at == -1 && PyErr_Occurred()) return NULL;
+    for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
+        slots[i].cls = i < 13 ? conn : i < 21 ? proto : i < 27 ? parser : i < 29 ? options
+                     : (PyObject *)Py_TYPE(args[5]);
+        if (slot_offset(slots[i].cls, slots[i].name, slots[i].off) < 0) return NULL;
+    }
+    collections = PyImport_ImportModule("collections");
+    if (collections == NULL) return NULL;
+    Py_XSETREF(fp.deque_type, (PyTypeObject *)PyObject_GetAttrString(collections, "deque"));
+    Py_DECREF(collections);
+    if (fp.deque_type == NULL) return NULL;
+    Py_XSETREF(fp.deque_append, PyObject_GetAttrString((PyObject *)fp.deque_type, "append"));
+    if (fp.deque_append == NULL) return NULL;
+    Py_XSETREF(fp.checked_types, PyDict_New());
+    if (fp.checked_types == NULL) return NULL;
+    Py_XSETREF(fp.conn_type, (PyTypeObject *)Py_NewRef(conn));
+    Py_XSETREF(fp.protocol_type, (PyTypeObject *)Py_NewRef(proto));
+    Py_XSETREF(fp.parser_type, (PyTypeObject *)Py_NewRef(parser));
+    Py_XSETREF(fp.options_type, (PyTypeObject *)Py_NewRef(options));
+    Py_XSETREF(fp.stats, Py_NewRef(args[5]));
+    Py_XSETREF(fp.open_state, Py_NewRef(args[6]));
+    fp.split_at = split_at;
+
+    result = PyDict_New();
+    if (result == NULL) return NULL;
+    {
+        struct { PyObject *cls; PyMethodDef *def; } methods[] = {
+            {conn, &conn_data_received_def}, {conn, &conn_send_def}, {conn, &conn_flush_def},
+            {server, &server_flush_corked_def},
+        };
+        for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+            PyObject *d = PyDescr_NewMethod((PyTypeObject *)methods[i].cls, methods[i].def);
+            if (d == NULL || PyDict_SetItemString(result, methods[i].def->ml_name, d) < 0) {
+                Py_XDECREF(d);
+                Py_DECREF(result);
+                return NULL;
+            }
+            Py_DECREF(d);
+        }
+    }
+    return result;
+}
+
+static int
+fast_paths_init(PyObject *module)
+{
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&str_data_received_py, "_data_received_py"}, {&str_send_py, "_send_py"},
+        {&str_flush_py, "_flush_py"}, {&str_flush, "_flush"},
+        {&str_flush_corked_py, "_flush_corked_py"}, {&str_queue_overflow, "_queue_overflow"},
+        {&str_closing_started, "_closing_started"}, {&str_drain, "_drain"},
+        {&str_done, "done"}, {&str_set_result, "set_result"}, {&str_write, "write"},
+        {&str_writelines, "writelines"}, {&str_is_closing, "is_closing"},
+        {&str_call_soon, "call_soon"}, {&str_to_flush, "_to_flush"},
+        {&str_flush_corked, "_flush_corked"}, {&str_text, "text"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (*names[i].slot == NULL
+            && (*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL) {
+            return -1;
+        }
+    }
+    if (PyType_Ready(&DoneType) < 0) return -1;
+    if (sent_singleton == NULL) {
+        sent_singleton = PyType_GenericAlloc(&DoneType, 0);
+        if (sent_singleton == NULL) return -1;
+    }
+    return 0;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL, apply_mask_doc},
     {"unmask_inplace", (PyCFunction)(void (*)(void))unmask_inplace, METH_FASTCALL,
@@ -1054,6 +1920,8 @@ static PyMethodDef speedups_methods[] = {
     {"scan_messages", (PyCFunction)(void (*)(void))scan_messages, METH_FASTCALL,
      scan_messages_doc},
     {"parse_head", (PyCFunction)(void (*)(void))parse_head, METH_FASTCALL, parse_head_doc},
+    {"connection_fast_paths", (PyCFunction)(void (*)(void))connection_fast_paths, METH_FASTCALL,
+     connection_fast_paths_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1061,6 +1929,9 @@ static int
 speedups_exec(PyObject *module)
 {
     head_tables_init();
+    if (fast_paths_init(module) < 0) {
+        return -1;
+    }
 #if SHARDWS_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2")) {

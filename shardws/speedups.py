@@ -29,6 +29,13 @@ made when this module is imported.
 ``parse_head``       ``(data, max_head, max_headers, max_line, names,
                      values, /) -> tuple | None``: parse a complete usual
                      HTTP/1.1 request head (see :func:`py_parse_head`)
+``connection_fast_paths``
+                     C versions of ``ServerConnection.data_received``,
+                     ``send`` and ``_flush`` and of ``Server._flush_corked``
+                     for the common case (whole messages, str / bytes sent
+                     on an OPEN connection); ``None`` on the pure path. The
+                     Python methods are its specification: it calls them
+                     for every other case
 ``C_SPEEDUPS``       ``True`` when the helpers are the C ones
 ``MASK_IMPL``        the masking loop in use: ``"avx2"``, ``"sse2"``,
                      ``"words64"`` (C) or ``"python"``
@@ -51,7 +58,7 @@ import operator
 import os
 import warnings
 from collections.abc import Callable
-from typing import SupportsIndex
+from typing import Any, SupportsIndex
 
 __all__ = [
     "C_SPEEDUPS",
@@ -515,6 +522,9 @@ scan_messages: Callable[
     [BytesLike, int, bool, int | None], tuple[list[str | bytes], int]
 ] = py_scan_messages
 parse_head: Callable[..., Head | None] = py_parse_head
+# No twin: the Python methods it replaces are the specification (see
+# shardws.asyncio.server._install_fast_paths).
+connection_fast_paths: Callable[..., dict[str, Any]] | None = None
 
 if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
     try:
@@ -534,5 +544,6 @@ if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
         scan_messages = _speedups.scan_messages
         # A build from before parse_head keeps the twin for it.
         parse_head = getattr(_speedups, "parse_head", py_parse_head)
+        connection_fast_paths = getattr(_speedups, "connection_fast_paths", None)
         MASK_IMPL = _speedups.MASK_IMPL
         C_SPEEDUPS = True

@@ -420,9 +420,7 @@ class ServerConnection(asyncio.Protocol):
                 or self._queued_bytes > options.read_limit_high
             ):
                 if protocol.state is _OPEN:
-                    if not self._queue_full:
-                        self._queue_full = True
-                        self._update_reading()
+                    self._queue_overflow()
                 elif protocol.close_rcvd is None:
                     # We sent a close frame and keep reading for the peer's
                     # one (unread messages do not hold it back): messages of
@@ -439,6 +437,12 @@ class ServerConnection(asyncio.Protocol):
             self._failure_held_back()
         if protocol.state is not _OPEN or protocol.has_data_to_send():
             self._flush()
+
+    def _queue_overflow(self) -> None:
+        """OPEN, and the queue reached max_queue or read_limit: stop reading until drained."""
+        if not self._queue_full:
+            self._queue_full = True
+            self._update_reading()
 
     def _failure_held_back(self) -> None:
         """The protocol held a failure back after messages: stop reading, bound the wait."""

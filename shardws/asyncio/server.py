@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from .. import speedups
 from ..config import ServeSettings
+from ..protocol.connection import SPLIT_PAYLOAD_AT, Connection, State
 from ..protocol.deflate import enable_server_permessage_deflate
-from ..protocol.frames import serialize_close
+from ..protocol.frames import FrameParser, serialize_close
 from ..protocol.handshake import default_server_header
+from . import registry
 from .connection import ServerConnection
 
 __all__ = ["serve", "unix_serve", "Server"]
@@ -435,3 +438,31 @@ class unix_serve(serve):
         kwargs.pop("reuse_port", None)  # meaningless for Unix sockets
         super().__init__(handler, **kwargs)
         self._kwargs["path"] = path
+
+
+def _install_fast_paths() -> None:
+    """Bind the C versions of the hot methods, when the C speedups are loaded.
+
+    ``speedups.connection_fast_paths`` takes the common case -- whole
+    uncompressed messages received, a str or bytes sent, on an OPEN
+    connection -- and calls the Python method, kept under a ``_py`` name,
+    for everything else. SHARDWS_NO_SPEEDUPS=1 runs the Python methods alone.
+    """
+    bind = speedups.connection_fast_paths
+    if bind is None:
+        return
+    methods = bind(
+        ServerConnection, Connection, FrameParser, _Options, Server,
+        registry.stats, State.OPEN, SPLIT_PAYLOAD_AT,
+    )
+    for cls, name, python_name in (
+        (ServerConnection, "data_received", "_data_received_py"),
+        (ServerConnection, "send", "_send_py"),
+        (ServerConnection, "_flush", "_flush_py"),
+        (Server, "_flush_corked", "_flush_corked_py"),
+    ):
+        setattr(cls, python_name, cls.__dict__[name])
+        setattr(cls, name, methods[name])
+
+
+_install_fast_paths()
