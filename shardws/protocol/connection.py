@@ -170,6 +170,13 @@ def _random_mask_key() -> bytes:
 _NO_DECODER = IncrementalUTF8Decoder()
 
 
+def _flat(view: memoryview) -> memoryview | bytes:
+    """A memoryview whose len() is its size in bytes: frames count bytes, not items."""
+    if view.itemsize == 1 and view.ndim == 1 and view.c_contiguous:
+        return view
+    return view.tobytes()
+
+
 def _truncate_reason(reason: str) -> str:
     """``reason`` cut to fit in a close frame (123 UTF-8 bytes)."""
     data = reason.encode("utf-8")
@@ -666,6 +673,8 @@ class Connection:
             self._check_open()
         if self._send_fragmented:
             raise LocalProtocolError("a fragmented message is being sent: use send_continuation()")
+        if type(data) is memoryview:
+            data = _flat(data)
         if fin and self._plain:
             if len(data) < SPLIT_PAYLOAD_AT or type(data) is not bytes:
                 self._out.append(serialize_final_frame(OP_BINARY, data))
@@ -683,7 +692,7 @@ class Connection:
         self._check_open()
         if not self._send_fragmented:
             raise LocalProtocolError("no fragmented message to continue")
-        self._send_data(OP_CONT, data, fin)
+        self._send_data(OP_CONT, _flat(data) if type(data) is memoryview else data, fin)
 
     def _send_control(self, opcode: int, data: bytes) -> None:
         self._check_open()

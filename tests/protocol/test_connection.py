@@ -840,3 +840,27 @@ def test_messages_round_trip_any_split(
         got += srv.receive_data(stream[a:b])
     assert got == expected
     assert srv.failure is None
+
+
+@pytest.mark.parametrize("side", [Side.SERVER, Side.CLIENT])
+@pytest.mark.parametrize(
+    "view",
+    [
+        memoryview(bytes(range(8))).cast("I"),  # len() counts 2 items of 4 bytes
+        memoryview(bytes(range(8))).cast("B", (2, 4)),  # 2-D
+        memoryview(bytes(range(16)))[::2],  # not contiguous
+        memoryview(bytes(range(8))),  # already flat: sent as it is
+    ],
+    ids=["items of 4 bytes", "2-D", "strided", "flat"],
+)
+def test_memoryview_payloads_are_framed_by_their_size_in_bytes(side: Side, view: memoryview) -> None:
+    conn = Connection(side)
+    conn.send_binary(view)
+    conn.send_binary(view, fin=False)
+    conn.send_continuation(view, fin=True)
+    payload = view.tobytes()
+    assert [(f.opcode, f.payload, f.fin) for f in frames_sent(conn)] == [
+        (OP_BINARY, payload, True),
+        (OP_BINARY, payload, False),
+        (OP_CONT, payload, True),
+    ]
