@@ -1062,15 +1062,18 @@ error:
 /* Slot offsets; 0 until connection_fast_paths() bound them. */
 static struct {
     PyTypeObject *conn_type, *protocol_type, *parser_type, *options_type, *deque_type;
-    PyObject *stats, *open_state, *deque_append, *checked_types;
+    PyObject *stats, *open_state, *deque_append, *deque_popleft, *checked_types;
+    /* the methods done() and set_result() of the first future type seen */
+    PyTypeObject *future_type;
+    PyObject *future_done, *future_set_result;
     Py_ssize_t split_at;
     /* ServerConnection */
     Py_ssize_t c_protocol, c_transport, c_fragmented, c_write_paused, c_corked, c_cork_limit,
         c_flush_scheduled, c_loop, c_messages, c_queued_bytes, c_recv_waiter, c_server,
-        c_options;
+        c_options, c_queue_full, c_closed_waiter, c_fail_handle;
     /* protocol.connection.Connection */
     Py_ssize_t p_state, p_discard, p_msg_opcode, p_parser, p_out, p_plain, p_send_fragmented,
-        p_pending_pongs;
+        p_pending_pongs, p_share_key;
     /* protocol.frames.FrameParser */
     Py_ssize_t f_max_size, f_buf, f_pos, f_ready, f_next, f_base;
     /* server._Options */
@@ -1079,10 +1082,44 @@ static struct {
     Py_ssize_t s_messages_in, s_messages_out;
 } fp;
 
+static PyObject *str_set_result;
+
+/* waiter.done() / waiter.set_result(value), through the unbound methods of
+ * its type when it is the usual future type (no lookup per call). */
+static PyObject *
+future_call(PyObject *future, int set, PyObject *value)
+{
+    PyObject *args[2] = {future, value};
+
+    if (Py_TYPE(future) != fp.future_type) {
+        if (fp.future_type == NULL) {
+            PyObject *done = PyObject_GetAttrString((PyObject *)Py_TYPE(future), "done");
+            PyObject *set_result = done == NULL ? NULL : PyObject_GetAttrString(
+                (PyObject *)Py_TYPE(future), "set_result");
+            if (set_result != NULL) {
+                fp.future_type = (PyTypeObject *)Py_NewRef(Py_TYPE(future));
+                fp.future_done = done;
+                fp.future_set_result = set_result;
+            }
+            else {
+                Py_XDECREF(done);
+                PyErr_Clear();
+            }
+        }
+        if (Py_TYPE(future) != fp.future_type) {
+            return set ? PyObject_CallMethodOneArg(future, str_set_result, value)
+                       : PyObject_CallMethod(future, "done", NULL);
+        }
+    }
+    return PyObject_Vectorcall(set ? fp.future_set_result : fp.future_done, args, set ? 2 : 1,
+                               NULL);
+}
+
 static PyObject *str_data_received_py, *str_send_py, *str_flush_py, *str_flush,
     *str_flush_corked_py, *str_queue_overflow, *str_closing_started, *str_drain, *str_done,
-    *str_set_result, *str_write, *str_writelines, *str_is_closing, *str_call_soon,
-    *str_to_flush, *str_flush_corked, *str_text;
+    *str_write, *str_writelines, *str_is_closing, *str_call_soon,
+    *str_to_flush, *str_flush_corked, *str_text, *str_recv_py, *str_decode, *str_create_future,
+    *str_future_blocking, *str_resume_if_drained;
 
 /* The offset of the __slots__ member `name` of `cls` (a T_OBJECT_EX slot). */
 static int
@@ -1196,7 +1233,8 @@ conn_checked(PyObject *self)
         static const char *names[] = {
             "_protocol", "_transport", "_fragmented", "_write_paused", "_corked",
             "_cork_limit", "_flush_scheduled", "_loop", "_messages", "_queued_bytes",
-            "_recv_waiter", "_server", "_options", NULL};
+            "_recv_waiter", "_server", "_options", "_queue_full", "_closed_waiter",
+            "_fail_handle", NULL};
         int same = 1;
         for (int i = 0; names[i] != NULL && same; i++) {
             PyObject *mine = PyObject_GetAttrString((PyObject *)tp, names[i]);
@@ -1369,14 +1407,14 @@ receive_fast(PyObject *self, PyObject *data)
     if (slot_add(fp.stats, fp.s_messages_in, count) < 0) goto done;
     waiter = SLOT(self, fp.c_recv_waiter);
     if (waiter != NULL && waiter != Py_None) {
-        PyObject *r = PyObject_CallMethodNoArgs(waiter, str_done);
+        PyObject *r = future_call(waiter, 0, NULL);
         int is_done;
         if (r == NULL) goto done;
         is_done = PyObject_IsTrue(r);
         Py_DECREF(r);
         if (is_done < 0) goto done;
         if (!is_done) {
-            r = PyObject_CallMethodOneArg(waiter, str_set_result, Py_None);
+            r = future_call(waiter, 1, Py_None);
             if (r == NULL) goto done;
             Py_DECREF(r);
         }
@@ -1781,6 +1819,417 @@ slow:
     }
 }
 
+/* -- receiving, the awaitable side */
+
+/* What recv() and __anext__() return: the C twin of the coroutine
+ * ServerConnection._receive(decode=None, iterating). Each step pops a queued
+ * message, or waits on a new future in _recv_waiter (after writing what
+ * send() corked). Whenever _receive has more to do than that -- another
+ * recv() waiting, the connection closed, a failure held back -- it creates
+ * that coroutine and delegates every later step to it. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *conn;
+    PyObject *waiter;   /* the future this step waits on, else NULL */
+    PyObject *delegate; /* the _receive coroutine taking over, else NULL */
+    char iterating;
+    char finished;
+} ReceiveObject;
+
+static PyTypeObject ReceiveType;
+
+static void
+receive_forget_waiter(ReceiveObject *r)
+{
+    if (r->waiter != NULL) {
+        if (SLOT(r->conn, fp.c_recv_waiter) == r->waiter) {
+            slot_set(r->conn, fp.c_recv_waiter, Py_None);
+        }
+        Py_CLEAR(r->waiter);
+    }
+}
+
+static PySendResult
+receive_delegate_send(ReceiveObject *r, PyObject *arg, PyObject **result)
+{
+    PySendResult status = PyIter_Send(r->delegate, arg, result);
+
+    if (status != PYGEN_NEXT) {
+        r->finished = 1;
+        Py_CLEAR(r->delegate);
+    }
+    return status;
+}
+
+/* One step with nothing thrown in: the body of _receive's loop. */
+static PySendResult
+receive_step(ReceiveObject *r, PyObject *arg, PyObject **result)
+{
+    PyObject *conn = r->conn, *messages, *message, *waiter, *loop, *v;
+    Py_ssize_t queued;
+
+    if (r->finished) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    if (r->delegate != NULL) {
+        return receive_delegate_send(r, arg, result);
+    }
+    if (r->waiter != NULL) {
+        /* resumed: the waiter completed (a throw() handles cancellation) */
+        receive_forget_waiter(r);
+    }
+    else if (SLOT(conn, fp.c_recv_waiter) != Py_None) {
+        goto delegate; /* ConcurrencyError, raised by _receive */
+    }
+    messages = SLOT(conn, fp.c_messages);
+    if (messages == NULL || !Py_IS_TYPE(messages, fp.deque_type)) goto delegate;
+    if (PyObject_Length(messages) > 0) {
+        message = PyObject_Vectorcall(fp.deque_popleft, &messages, 1, NULL);
+        if (message == NULL) goto error;
+        queued = slot_ssize(conn, fp.c_queued_bytes);
+        if (queued < 0 || slot_set_new(conn, fp.c_queued_bytes, PyLong_FromSsize_t(
+                queued - PyObject_Length(message))) < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "_queued_bytes");
+            Py_DECREF(message);
+            goto error;
+        }
+        if (SLOT(conn, fp.c_queue_full) == Py_True) {
+            v = PyObject_CallMethodNoArgs(conn, str_resume_if_drained);
+            if (v == NULL) {
+                Py_DECREF(message);
+                goto error;
+            }
+            Py_DECREF(v);
+        }
+        r->finished = 1;
+        *result = message;
+        return PYGEN_RETURN;
+    }
+    /* Nothing queued: wait, unless _receive has more to do. */
+    if (SLOT(conn, fp.c_closed_waiter) == NULL || SLOT(conn, fp.c_fail_handle) == NULL
+        || SLOT(conn, fp.c_transport) == NULL || SLOT(conn, fp.c_loop) == NULL) goto delegate;
+    v = future_call(SLOT(conn, fp.c_closed_waiter), 0, NULL);
+    if (v == NULL) goto error;
+    if (v != Py_False || SLOT(conn, fp.c_fail_handle) != Py_None) {
+        Py_DECREF(v);
+        goto delegate;
+    }
+    Py_DECREF(v);
+    if (SLOT(conn, fp.c_corked) != NULL && PyObject_IsTrue(SLOT(conn, fp.c_corked)) == 1) {
+        int closing;
+        v = PyObject_CallMethodNoArgs(SLOT(conn, fp.c_transport), str_is_closing);
+        if (v == NULL) goto error;
+        closing = PyObject_IsTrue(v);
+        Py_DECREF(v);
+        if (closing < 0) goto error;
+        if (!closing) {
+            v = conn_flush(conn, NULL);
+            if (v == NULL) goto error;
+            Py_DECREF(v);
+        }
+    }
+    loop = SLOT(conn, fp.c_loop);
+    waiter = PyObject_CallMethodNoArgs(loop, str_create_future);
+    if (waiter == NULL) goto error;
+    if (PyObject_SetAttr(waiter, str_future_blocking, Py_True) < 0) {
+        Py_DECREF(waiter);
+        goto error;
+    }
+    slot_set(conn, fp.c_recv_waiter, waiter);
+    r->waiter = waiter;
+    *result = Py_NewRef(waiter);
+    return PYGEN_NEXT;
+
+delegate:
+    r->delegate = PyObject_CallMethod(conn, "_receive", "OO", Py_None,
+                                      r->iterating ? Py_True : Py_False);
+    if (r->delegate == NULL) goto error;
+    return receive_delegate_send(r, Py_None, result);
+
+error:
+    r->finished = 1;
+    *result = NULL;
+    return PYGEN_ERROR;
+}
+
+static PySendResult
+receive_am_send(PyObject *self, PyObject *arg, PyObject **result)
+{
+    return receive_step((ReceiveObject *)self, arg, result);
+}
+
+static PyObject *
+receive_next(PyObject *self)
+{
+    PyObject *result;
+    PySendResult status = receive_step((ReceiveObject *)self, Py_None, &result);
+
+    if (status == PYGEN_RETURN) {
+        if (result == Py_None) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        {
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+            Py_DECREF(result);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
+        return NULL;
+    }
+    return result; /* the future to wait on, or NULL with the error set */
+}
+
+static PyObject *
+receive_send(PyObject *self, PyObject *value)
+{
+    ReceiveObject *r = (ReceiveObject *)self;
+
+    if (r->delegate == NULL && r->waiter == NULL && !r->finished && value != Py_None) {
+        PyErr_SetString(PyExc_TypeError,
+                        "can't send non-None value to a just-started coroutine");
+        return NULL;
+    }
+    return receive_next(self); /* the value a future resumes with is ignored */
+}
+
+static PyObject *
+receive_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    ReceiveObject *r = (ReceiveObject *)self;
+
+    if (r->delegate != NULL) {
+        PyObject *meth = PyObject_GetAttrString(r->delegate, "throw"), *res;
+        if (meth == NULL) return NULL;
+        res = PyObject_Vectorcall(meth, args, (size_t)nargs, NULL);
+        Py_DECREF(meth);
+        if (res == NULL) {
+            r->finished = 1;
+            Py_CLEAR(r->delegate);
+        }
+        return res;
+    }
+    /* _receive's `finally: self._recv_waiter = None`, then the exception
+     * leaves the coroutine */
+    receive_forget_waiter(r);
+    r->finished = 1;
+    return done_throw(self, args, nargs);
+}
+
+static PyObject *
+receive_close(PyObject *self, PyObject *unused)
+{
+    ReceiveObject *r = (ReceiveObject *)self;
+
+    r->finished = 1;
+    receive_forget_waiter(r);
+    if (r->delegate != NULL) {
+        PyObject *res = PyObject_CallMethod(r->delegate, "close", NULL);
+        Py_CLEAR(r->delegate);
+        return res;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+receive_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    ReceiveObject *r = (ReceiveObject *)self;
+    Py_VISIT(r->conn);
+    Py_VISIT(r->waiter);
+    Py_VISIT(r->delegate);
+    return 0;
+}
+
+static int
+receive_clear(PyObject *self)
+{
+    ReceiveObject *r = (ReceiveObject *)self;
+    Py_CLEAR(r->waiter);
+    Py_CLEAR(r->delegate);
+    Py_CLEAR(r->conn);
+    return 0;
+}
+
+static void
+receive_dealloc(PyObject *self)
+{
+    ReceiveObject *r = (ReceiveObject *)self;
+
+    PyObject_GC_UnTrack(self);
+    if (r->conn != NULL) {
+        receive_forget_waiter(r); /* a dropped coroutine runs its finally too */
+    }
+    receive_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyMethodDef receive_methods[] = {
+    {"send", (PyCFunction)receive_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))receive_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)receive_close, METH_NOARGS, NULL},
+    {"__await__", (PyCFunction)done_self, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods receive_as_async = {
+    .am_await = done_self,
+    .am_send = receive_am_send,
+};
+
+static PyTypeObject ReceiveType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shardws._speedups.Receive",
+    .tp_basicsize = sizeof(ReceiveObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "What recv() and __anext__() return: awaiting it returns the next message.",
+    .tp_as_async = &receive_as_async,
+    .tp_iter = done_self,
+    .tp_iternext = receive_next,
+    .tp_methods = receive_methods,
+    .tp_traverse = receive_traverse,
+    .tp_clear = receive_clear,
+    .tp_dealloc = receive_dealloc,
+};
+
+static PyObject *
+new_receive(PyObject *self, int iterating)
+{
+    ReceiveObject *r;
+
+    if (!conn_checked(self)) {
+        return PyObject_CallMethod(self, "_receive", "OO", Py_None,
+                                   iterating ? Py_True : Py_False);
+    }
+    r = PyObject_GC_New(ReceiveObject, &ReceiveType);
+    if (r == NULL) return NULL;
+    r->conn = Py_NewRef(self);
+    r->waiter = NULL;
+    r->delegate = NULL;
+    r->iterating = (char)iterating;
+    r->finished = 0;
+    PyObject_GC_Track((PyObject *)r);
+    return (PyObject *)r;
+}
+
+static PyObject *
+conn_anext(PyObject *self, PyObject *unused)
+{
+    return new_receive(self, 1);
+}
+
+static PyObject *
+conn_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+
+    if (nargs + nkw == 0 || (nargs + nkw == 1 && args[0] == Py_None
+                             && (nkw == 0 || PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0),
+                                                               str_decode) == 0))) {
+        return new_receive(self, 0);
+    }
+    if (PyErr_Occurred()) PyErr_Clear();
+    {
+        PyObject *small[4], **stack = small, *res;
+        if (nargs + nkw + 1 > 4) {
+            stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
+            if (stack == NULL) return PyErr_NoMemory();
+        }
+        stack[0] = self;
+        for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
+        res = PyObject_VectorcallMethod(str_recv_py, stack, (size_t)nargs + 1, kwnames);
+        if (stack != small) PyMem_Free(stack);
+        return res;
+    }
+}
+
+/* -- broadcast */
+
+PyDoc_STRVAR(broadcast_plain_doc,
+"broadcast_plain(connections, frame, deliver, failed, /) -> int\n\n"
+"The loop of shardws.asyncio.broadcast.broadcast(): write `frame` to every\n"
+"connection that is OPEN, not sending a fragmented message, not paused for\n"
+"writing, without compression and with nothing corked, and count it; pass\n"
+"every other connection to deliver(connection) -> 0 or 1 (the Python loop\n"
+"body), and a connection whose write raised to failed(connection, exc).\n"
+"Returns the number of connections written to.");
+
+static PyObject *
+broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *it, *conn, *frame, *deliver, *failed;
+    Py_ssize_t sent = 0;
+
+    if (check_nargs("broadcast_plain", nargs, 4, 4) < 0) return NULL;
+    if (fp.conn_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "connection_fast_paths() was not called");
+        return NULL;
+    }
+    frame = args[1];
+    deliver = args[2];
+    failed = args[3];
+    it = PyObject_GetIter(args[0]);
+    if (it == NULL) return NULL;
+    while ((conn = PyIter_Next(it)) != NULL) {
+        PyObject *protocol, *transport, *corked, *r;
+
+        if (conn_checked(conn)
+            && (protocol = open_protocol(conn)) != NULL
+            && SLOT(conn, fp.c_fragmented) == Py_None
+            && SLOT(conn, fp.c_write_paused) == Py_False
+            && SLOT(protocol, fp.p_share_key) == Py_None
+            && (corked = SLOT(conn, fp.c_corked)) != NULL && PyLong_CheckExact(corked)
+            && Py_SIZE(corked) == 0 /* the int 0 */
+            && (transport = SLOT(conn, fp.c_transport)) != NULL) {
+            PyObject *call[2] = {transport, frame};
+            r = PyObject_VectorcallMethod(str_write, call, 2, NULL);
+            if (r != NULL) {
+                sent++;
+            }
+            else {
+                PyObject *type, *exc, *tb;
+                if (!PyErr_ExceptionMatches(PyExc_Exception)) { /* KeyboardInterrupt & co */
+                    Py_DECREF(conn);
+                    Py_DECREF(it);
+                    return NULL;
+                }
+                PyErr_Fetch(&type, &exc, &tb);
+                PyErr_NormalizeException(&type, &exc, &tb);
+                if (tb != NULL) PyException_SetTraceback(exc, tb);
+                r = PyObject_CallFunctionObjArgs(failed, conn, exc, NULL);
+                Py_XDECREF(type);
+                Py_XDECREF(exc);
+                Py_XDECREF(tb);
+            }
+        }
+        else {
+            r = PyObject_CallOneArg(deliver, conn);
+            if (r != NULL) {
+                Py_ssize_t n = PyLong_AsSsize_t(r);
+                if (n == -1 && PyErr_Occurred()) {
+                    Py_CLEAR(r);
+                }
+                else {
+                    sent += n;
+                }
+            }
+        }
+        Py_DECREF(conn);
+        if (r == NULL) {
+            Py_DECREF(it);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromSsize_t(sent);
+}
+
 static PyMethodDef conn_data_received_def = {
     "data_received", (PyCFunction)conn_data_received, METH_O,
     "Take whole messages in C; anything else goes to _data_received_py."};
@@ -1790,6 +2239,12 @@ static PyMethodDef conn_send_def = {
 static PyMethodDef conn_flush_def = {
     "_flush", (PyCFunction)conn_flush, METH_NOARGS,
     "Write what the protocol queued (the C version of _flush_py)."};
+static PyMethodDef conn_recv_def = {
+    "recv", (PyCFunction)(void (*)(void))conn_recv, METH_FASTCALL | METH_KEYWORDS,
+    "recv(decode=None): the next message (C); any decode goes to _recv_py."};
+static PyMethodDef conn_anext_def = {
+    "__anext__", (PyCFunction)conn_anext, METH_NOARGS,
+    "The next message of async for (C twin of _receive(None, True))."};
 static PyMethodDef server_flush_corked_def = {
     "_flush_corked", (PyCFunction)server_flush_corked, METH_NOARGS,
     "Write what send() corked on every connection (the C version of _flush_corked_py)."};
@@ -1798,7 +2253,8 @@ PyDoc_STRVAR(connection_fast_paths_doc,
 "connection_fast_paths(connection_cls, protocol_cls, parser_cls, options_cls,\n"
 "                      server_cls, stats, open_state, split_at, /) -> dict\n\n"
 "Bind the C fast paths to these classes (their __slots__ offsets) and return\n"
-"method descriptors: 'data_received', 'send' and '_flush' for connection_cls,\n"
+"method descriptors: 'data_received', 'send', '_flush', 'recv' and '__anext__'\n"
+"for connection_cls,"
 "'_flush_corked' for server_cls. Each calls the Python method of the same\n"
 "name with a '_py' suffix for every case it does not take itself.");
 
@@ -1813,12 +2269,14 @@ connection_fast_paths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         {NULL, "_flush_scheduled", &fp.c_flush_scheduled}, {NULL, "_loop", &fp.c_loop},
         {NULL, "_messages", &fp.c_messages}, {NULL, "_queued_bytes", &fp.c_queued_bytes},
         {NULL, "_recv_waiter", &fp.c_recv_waiter}, {NULL, "_server", &fp.c_server},
-        {NULL, "_options", &fp.c_options},
+        {NULL, "_options", &fp.c_options}, {NULL, "_queue_full", &fp.c_queue_full},
+        {NULL, "_closed_waiter", &fp.c_closed_waiter}, {NULL, "_fail_handle", &fp.c_fail_handle},
         {NULL, "state", &fp.p_state}, {NULL, "_discard", &fp.p_discard},
         {NULL, "_msg_opcode", &fp.p_msg_opcode}, {NULL, "_parser", &fp.p_parser},
         {NULL, "_out", &fp.p_out}, {NULL, "_plain", &fp.p_plain},
         {NULL, "_send_fragmented", &fp.p_send_fragmented},
         {NULL, "_pending_pongs", &fp.p_pending_pongs},
+        {NULL, "frame_share_key", &fp.p_share_key},
         {NULL, "max_size", &fp.f_max_size}, {NULL, "_buf", &fp.f_buf}, {NULL, "_pos", &fp.f_pos},
         {NULL, "_ready", &fp.f_ready}, {NULL, "_next", &fp.f_next}, {NULL, "_base", &fp.f_base},
         {NULL, "max_queue_high", &fp.o_max_queue_high},
@@ -1842,7 +2300,7 @@ connection_fast_paths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     split_at = PyLong_AsSsize_t(args[7]);
     if (split_at == -1 && PyErr_Occurred()) return NULL;
     for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
-        slots[i].cls = i < 13 ? conn : i < 21 ? proto : i < 27 ? parser : i < 29 ? options
+        slots[i].cls = i < 16 ? conn : i < 25 ? proto : i < 31 ? parser : i < 33 ? options
                      : (PyObject *)Py_TYPE(args[5]);
         if (slot_offset(slots[i].cls, slots[i].name, slots[i].off) < 0) return NULL;
     }
@@ -1853,6 +2311,8 @@ connection_fast_paths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (fp.deque_type == NULL) return NULL;
     Py_XSETREF(fp.deque_append, PyObject_GetAttrString((PyObject *)fp.deque_type, "append"));
     if (fp.deque_append == NULL) return NULL;
+    Py_XSETREF(fp.deque_popleft, PyObject_GetAttrString((PyObject *)fp.deque_type, "popleft"));
+    if (fp.deque_popleft == NULL) return NULL;
     Py_XSETREF(fp.checked_types, PyDict_New());
     if (fp.checked_types == NULL) return NULL;
     Py_XSETREF(fp.conn_type, (PyTypeObject *)Py_NewRef(conn));
@@ -1868,6 +2328,7 @@ connection_fast_paths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     {
         struct { PyObject *cls; PyMethodDef *def; } methods[] = {
             {conn, &conn_data_received_def}, {conn, &conn_send_def}, {conn, &conn_flush_def},
+            {conn, &conn_recv_def}, {conn, &conn_anext_def},
             {server, &server_flush_corked_def},
         };
         for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
@@ -1895,6 +2356,10 @@ fast_paths_init(PyObject *module)
         {&str_writelines, "writelines"}, {&str_is_closing, "is_closing"},
         {&str_call_soon, "call_soon"}, {&str_to_flush, "_to_flush"},
         {&str_flush_corked, "_flush_corked"}, {&str_text, "text"},
+        {&str_recv_py, "_recv_py"}, {&str_decode, "decode"},
+        {&str_create_future, "create_future"},
+        {&str_future_blocking, "_asyncio_future_blocking"},
+        {&str_resume_if_drained, "_resume_if_drained"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL
@@ -1902,7 +2367,7 @@ fast_paths_init(PyObject *module)
             return -1;
         }
     }
-    if (PyType_Ready(&DoneType) < 0) return -1;
+    if (PyType_Ready(&DoneType) < 0 || PyType_Ready(&ReceiveType) < 0) return -1;
     if (sent_singleton == NULL) {
         sent_singleton = PyType_GenericAlloc(&DoneType, 0);
         if (sent_singleton == NULL) return -1;
@@ -1922,6 +2387,8 @@ static PyMethodDef speedups_methods[] = {
     {"parse_head", (PyCFunction)(void (*)(void))parse_head, METH_FASTCALL, parse_head_doc},
     {"connection_fast_paths", (PyCFunction)(void (*)(void))connection_fast_paths, METH_FASTCALL,
      connection_fast_paths_doc},
+    {"broadcast_plain", (PyCFunction)(void (*)(void))broadcast_plain, METH_FASTCALL,
+     broadcast_plain_doc},
     {NULL, NULL, 0, NULL},
 };
 

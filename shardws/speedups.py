@@ -36,6 +36,8 @@ made when this module is imported.
                      on an OPEN connection); ``None`` on the pure path. The
                      Python methods are its specification: it calls them
                      for every other case
+``broadcast_plain``  the loop of ``broadcast()`` for plain connections
+                     (``None`` on the pure path)
 ``C_SPEEDUPS``       ``True`` when the helpers are the C ones
 ``MASK_IMPL``        the masking loop in use: ``"avx2"``, ``"sse2"``,
                      ``"words64"`` (C) or ``"python"``
@@ -525,6 +527,7 @@ parse_head: Callable[..., Head | None] = py_parse_head
 # No twin: the Python methods it replaces are the specification (see
 # shardws.asyncio.server._install_fast_paths).
 connection_fast_paths: Callable[..., dict[str, Any]] | None = None
+broadcast_plain: Callable[..., int] | None = None
 
 if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
     try:
@@ -545,5 +548,6 @@ if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
         # A build from before parse_head keeps the twin for it.
         parse_head = getattr(_speedups, "parse_head", py_parse_head)
         connection_fast_paths = getattr(_speedups, "connection_fast_paths", None)
+        broadcast_plain = getattr(_speedups, "broadcast_plain", None)
         MASK_IMPL = _speedups.MASK_IMPL
         C_SPEEDUPS = True

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .. import speedups
 from ..exceptions import ConcurrencyError
 from ..protocol.connection import State
 from ..protocol.frames import OP_BINARY, OP_TEXT, serialize_final_frame
@@ -69,6 +70,83 @@ class BroadcastStats:
 broadcast_stats = BroadcastStats()
 
 
+class _Delivery:
+    """One broadcast: the frames it shares and the exceptions it collects."""
+
+    __slots__ = ("opcode", "payload", "plain", "raise_exceptions", "shared", "exceptions")
+
+    def __init__(self, opcode: int, payload: bytes, plain: bytes, raise_exceptions: bool) -> None:
+        self.opcode = opcode
+        self.payload = payload
+        self.plain = plain
+        self.raise_exceptions = raise_exceptions
+        self.shared: dict[Any, bytes] = {}  # frame_share_key -> compressed frame
+        self.exceptions: list[Exception] = []
+
+    def deliver(self, connection: ServerConnection) -> int:
+        """Write the message to one connection, or skip it (see the table): 1 if written."""
+        stats = broadcast_stats
+        protocol = connection._protocol
+        if protocol is None or protocol.state is not _OPEN:
+            stats.skipped_closed += 1
+            return 0
+        if connection._fragmented is not None:
+            stats.skipped_fragmented += 1
+            if connection._debug:
+                connection.logger.debug("skipped broadcast: sending a fragmented message")
+            if self.raise_exceptions:
+                self.exceptions.append(ConcurrencyError("sending a fragmented message"))
+            return 0
+        # DESIGN: "a slow client must cost bounded memory; check
+        # transport.get_write_buffer_size() before writing." The transport
+        # calls pause_writing() as soon as its buffer passes write_limit (and
+        # resume_writing() once it drained to the low-water mark):
+        # _write_paused is that check, without a call per connection.
+        if connection._write_paused:
+            stats.skipped_slow += 1
+            if connection._debug:
+                connection.logger.debug("skipped broadcast: write buffer above write_limit")
+            if self.raise_exceptions:
+                self.exceptions.append(
+                    RuntimeError("skipped broadcast: write buffer above write_limit")
+                )
+            return 0
+        try:
+            key = protocol.frame_share_key
+            if key is None:
+                frame = self.plain
+            elif type(key) is object:
+                # A compressor with context takeover: its frame is its own.
+                frame = protocol.encode_message(self.opcode, self.payload)
+            else:
+                cached = self.shared.get(key)
+                if cached is None:
+                    cached = protocol.encode_message(self.opcode, self.payload)
+                    self.shared[key] = cached
+                frame = cached
+            if connection._corked:
+                connection._flush()  # what send() held back goes first
+            # uvloop writes at once when the connection's buffer is empty:
+            # one syscall per delivery.
+            connection._transport.write(frame)
+        except Exception as exc:
+            self.failed(connection, exc)
+            return 0
+        return 1
+
+    def failed(self, connection: ServerConnection, exc: Exception) -> None:
+        """Writing to ``connection`` raised ``exc``: collect or log it."""
+        if self.raise_exceptions:
+            failure = RuntimeError("failed to write message")
+            failure.__cause__ = exc
+            self.exceptions.append(failure)
+        else:
+            connection.logger.warning("skipped broadcast: failed to write message: %s", exc)
+
+
+_broadcast_plain = speedups.broadcast_plain if speedups.connection_fast_paths else None
+
+
 def broadcast(
     connections: Iterable[ServerConnection],
     message: str | bytes | bytearray | memoryview,
@@ -94,63 +172,18 @@ def broadcast(
     else:
         raise TypeError("data must be str or bytes-like")
 
-    stats = broadcast_stats
     plain = serialize_final_frame(opcode, payload)  # the one uncompressed frame
-    shared: dict[Any, bytes] = {}  # frame_share_key -> compressed frame
-    exceptions: list[Exception] = []
-    sent = 0
-    # The loop is the hot path of a broadcast: one pass of attribute reads per
-    # connection, then transport.write() (uvloop writes at once when the
-    # connection's buffer is empty: one syscall per delivery).
-    for connection in connections:
-        protocol = connection._protocol
-        if protocol is None or protocol.state is not _OPEN:
-            stats.skipped_closed += 1
-            continue
-        if connection._fragmented is not None:
-            stats.skipped_fragmented += 1
-            if connection._debug:
-                connection.logger.debug("skipped broadcast: sending a fragmented message")
-            if raise_exceptions:
-                exceptions.append(ConcurrencyError("sending a fragmented message"))
-            continue
-        # DESIGN: "a slow client must cost bounded memory; check
-        # transport.get_write_buffer_size() before writing." The transport
-        # calls pause_writing() as soon as its buffer passes write_limit (and
-        # resume_writing() once it drained to the low-water mark):
-        # _write_paused is that check, without a call per connection.
-        if connection._write_paused:
-            stats.skipped_slow += 1
-            if connection._debug:
-                connection.logger.debug("skipped broadcast: write buffer above write_limit")
-            if raise_exceptions:
-                exceptions.append(RuntimeError("skipped broadcast: write buffer above write_limit"))
-            continue
-        try:
-            key = protocol.frame_share_key
-            if key is None:
-                frame = plain
-            elif type(key) is object:
-                # A compressor with context takeover: its frame is its own.
-                frame = protocol.encode_message(opcode, payload)
-            else:
-                cached = shared.get(key)
-                if cached is None:
-                    cached = protocol.encode_message(opcode, payload)
-                    shared[key] = cached
-                frame = cached
-            if connection._corked:
-                connection._flush()  # what send() held back goes first
-            connection._transport.write(frame)
-        except Exception as exc:
-            if raise_exceptions:
-                failure = RuntimeError("failed to write message")
-                failure.__cause__ = exc
-                exceptions.append(failure)
-            else:
-                connection.logger.warning("skipped broadcast: failed to write message: %s", exc)
-            continue
-        sent += 1
+    delivery = _Delivery(opcode, payload, plain, raise_exceptions)
+    if _broadcast_plain is not None:
+        # The C loop writes ``plain`` itself where deliver() would do only
+        # that, and calls deliver() (or failed()) for every other connection.
+        sent = _broadcast_plain(connections, plain, delivery.deliver, delivery.failed)
+    else:
+        sent = 0
+        for connection in connections:
+            sent += delivery.deliver(connection)
+    exceptions = delivery.exceptions
+    stats = broadcast_stats
     stats.sent += sent
     registry.stats.messages_out += sent
     if exceptions:

@@ -459,6 +459,8 @@ def _install_fast_paths() -> None:
         (ServerConnection, "data_received", "_data_received_py"),
         (ServerConnection, "send", "_send_py"),
         (ServerConnection, "_flush", "_flush_py"),
+        (ServerConnection, "recv", "_recv_py"),
+        (ServerConnection, "__anext__", "_anext_py"),
         (Server, "_flush_corked", "_flush_corked_py"),
     ):
         setattr(cls, python_name, cls.__dict__[name])
