@@ -88,6 +88,80 @@ async def main():
 uvloop.run(main())
 """
 
+# The ceiling of broadcast for a server that writes each delivery (one
+# syscall each): a WebSocket server reduced to the upgrade, the bench's
+# commands and a Python loop of transport.write() over prebuilt frames.
+BARE_WS = PRELUDE + r"""
+import base64, hashlib
+
+def frame(opcode, payload):
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
+
+async def broadcast(rounds, payload):
+    data = frame(1, payload)
+    for _ in range(rounds):
+        for transport in list(CLIENTS):
+            transport.write(data)
+        await asyncio.sleep(0)
+
+class BareWebSocket(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buffer = b""
+        self.open = False
+
+    def data_received(self, data):
+        buf = self.buffer + data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buf
+                return
+            key = next(line.split(b":", 1)[1].strip() for line in buf[:end].split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            self.open = True
+            CLIENTS.add(self.transport)
+            buf = buf[end + 4:]
+        while len(buf) >= 6:
+            n, pos = buf[1] & 0x7F, 2
+            if n == 126:
+                n, pos = int.from_bytes(buf[2:4], "big"), 4
+            elif n == 127:
+                n, pos = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < pos + 4 + n:
+                break
+            mask = buf[pos:pos + 4]
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(buf[pos + 4:pos + 4 + n]))
+            opcode, buf = buf[0] & 0x0F, buf[pos + 4 + n:]
+            if opcode == 8:
+                self.transport.write(frame(8, payload[:2]))
+                self.transport.close()
+                break
+            if payload == b"count":
+                self.transport.write(frame(1, str(len(CLIENTS)).encode()))
+            elif payload.startswith(b"bcast:"):
+                _, rounds, size = payload.split(b":")
+                asyncio.ensure_future(broadcast(int(rounds), b"x" * int(size)))
+        self.buffer = buf
+
+    def connection_lost(self, exc):
+        CLIENTS.discard(self.transport)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(BareWebSocket, "127.0.0.1", 0, backlog=4096)
+    PORT = server.sockets[0].getsockname()[1]
+""" + SERVE_UNTIL_STDIN_CLOSES + r"""
+uvloop.run(main())
+"""
+
 # The handler of the two servers of the websockets API: shardws runs it
 # unchanged as ``import shardws as websockets``; it is also the module that
 # ``shardws serve --workers N`` serves.
@@ -204,6 +278,7 @@ uvloop.run(main())
 # name: (program, extra environment, speaks permessage-deflate, speaks WebSocket)
 SERVERS: dict[str, tuple[str, dict[str, str], bool, bool]] = {
     "bare": (BARE, {}, False, False),
+    "bare-ws": (BARE_WS, {}, False, True),
     "shardws": (WEBSOCKETS_API.replace("import MODULE", "import shardws"), {}, True, True),
     "shardws-pure": (WEBSOCKETS_API.replace("import MODULE", "import shardws"),
                      {"SHARDWS_NO_SPEEDUPS": "1"}, True, True),
@@ -815,6 +890,8 @@ def applies(server: str, test: str, deflate: bool) -> bool:
     """Whether ``test`` is measured for ``server`` (a '-' in the table otherwise)."""
     if server.startswith("shardws-w"):
         return test not in ("broadcast", "idle_rss")
+    if server == "bare-ws":
+        return test == "broadcast" and not deflate
     _, _, speaks_deflate, websocket = SERVERS[server]
     if deflate and not speaks_deflate:
         return False
@@ -1016,6 +1093,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="also measure `shardws serve --workers N` (server shardws-wN)")
     parser.add_argument("--seconds", type=float, help="measuring window of a rate point")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="broadcast rounds per point (default 100, 40 with --quick)")
     parser.add_argument("--json", type=Path, default=ROOT / "reports" / "bench.json",
                         help="raw results (default reports/bench.json)")
     parser.add_argument("--write", type=Path, help="put the tables into this markdown file")
@@ -1038,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.repeat = cfg.repeat or (1 if quick else 3)
     cfg.seconds = cfg.seconds or (0.6 if quick else 2.0)
     cfg.warmup = 0.2 if quick else 0.3
-    cfg.rounds = 40 if quick else 100
+    cfg.rounds = cfg.rounds or (40 if quick else 100)
     cfg.broadcast_connections = 1000
     cfg.handshake_loops = 50
     cfg.idle_connections = 5000

@@ -1655,6 +1655,7 @@ static PyTypeObject DoneType = {
 };
 
 static PyObject *sent_singleton;
+static PyObject *small_zero; /* the cached int 0 that every `x = 0` stores */
 
 /* ServerConnection.send: a str or bytes on an OPEN connection, text not
  * contradicting its type, is framed and corked here. */
@@ -1676,7 +1677,8 @@ conn_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
         }
         text = args[1];
     }
-    if (!conn_checked(self) || SLOT(self, fp.c_fragmented) != Py_None) goto slow;
+    if (!conn_checked(self) || SLOT(self, fp.c_fragmented) != Py_None
+        || SLOT(self, fp.c_server) == NULL || SLOT(self, fp.c_loop) == NULL) goto slow;
     if ((protocol = open_protocol(self)) == NULL) goto slow;
     if (SLOT(protocol, fp.p_plain) != Py_True || SLOT(protocol, fp.p_send_fragmented) != Py_False)
         goto slow;
@@ -2182,8 +2184,7 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             && SLOT(conn, fp.c_fragmented) == Py_None
             && SLOT(conn, fp.c_write_paused) == Py_False
             && SLOT(protocol, fp.p_share_key) == Py_None
-            && (corked = SLOT(conn, fp.c_corked)) != NULL && PyLong_CheckExact(corked)
-            && Py_SIZE(corked) == 0 /* the int 0 */
+            && (corked = SLOT(conn, fp.c_corked)) == small_zero /* the int 0 */
             && (transport = SLOT(conn, fp.c_transport)) != NULL) {
             PyObject *call[2] = {transport, frame};
             r = PyObject_VectorcallMethod(str_write, call, 2, NULL);
@@ -2368,6 +2369,7 @@ fast_paths_init(PyObject *module)
         }
     }
     if (PyType_Ready(&DoneType) < 0 || PyType_Ready(&ReceiveType) < 0) return -1;
+    if (small_zero == NULL && (small_zero = PyLong_FromLong(0)) == NULL) return -1;
     if (sent_singleton == NULL) {
         sent_singleton = PyType_GenericAlloc(&DoneType, 0);
         if (sent_singleton == NULL) return -1;
