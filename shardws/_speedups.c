@@ -1070,7 +1070,7 @@ static struct {
     /* ServerConnection */
     Py_ssize_t c_protocol, c_transport, c_fragmented, c_write_paused, c_corked, c_cork_limit,
         c_flush_scheduled, c_loop, c_messages, c_queued_bytes, c_recv_waiter, c_server,
-        c_options, c_queue_full, c_closed_waiter, c_fail_handle;
+        c_options, c_queue_full, c_closed_waiter, c_fail_handle, c_join_writes;
     /* protocol.connection.Connection */
     Py_ssize_t p_state, p_discard, p_msg_opcode, p_parser, p_out, p_plain, p_send_fragmented,
         p_pending_pongs, p_share_key;
@@ -1234,7 +1234,7 @@ conn_checked(PyObject *self)
             "_protocol", "_transport", "_fragmented", "_write_paused", "_corked",
             "_cork_limit", "_flush_scheduled", "_loop", "_messages", "_queued_bytes",
             "_recv_waiter", "_server", "_options", "_queue_full", "_closed_waiter",
-            "_fail_handle", NULL};
+            "_fail_handle", "_join_writes", NULL};
         int same = 1;
         for (int i = 0; names[i] != NULL && same; i++) {
             PyObject *mine = PyObject_GetAttrString((PyObject *)tp, names[i]);
@@ -1473,6 +1473,7 @@ conn_flush(PyObject *self, PyObject *unused)
     out = SLOT(protocol, fp.p_out);
     transport = SLOT(self, fp.c_transport);
     if (out == NULL || !PyList_CheckExact(out) || transport == NULL) goto slow;
+    if (SLOT(self, fp.c_join_writes) != Py_False) goto slow;
     if (slot_set_new(self, fp.c_corked, PyLong_FromLong(0)) < 0) return NULL;
     if (PyList_GET_SIZE(out)) {
         /* Connection.data_to_send */
@@ -2272,6 +2273,7 @@ connection_fast_paths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         {NULL, "_recv_waiter", &fp.c_recv_waiter}, {NULL, "_server", &fp.c_server},
         {NULL, "_options", &fp.c_options}, {NULL, "_queue_full", &fp.c_queue_full},
         {NULL, "_closed_waiter", &fp.c_closed_waiter}, {NULL, "_fail_handle", &fp.c_fail_handle},
+        {NULL, "_join_writes", &fp.c_join_writes},
         {NULL, "state", &fp.p_state}, {NULL, "_discard", &fp.p_discard},
         {NULL, "_msg_opcode", &fp.p_msg_opcode}, {NULL, "_parser", &fp.p_parser},
         {NULL, "_out", &fp.p_out}, {NULL, "_plain", &fp.p_plain},
@@ -2301,7 +2303,7 @@ connection_fast_paths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     split_at = PyLong_AsSsize_t(args[7]);
     if (split_at == -1 && PyErr_Occurred()) return NULL;
     for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
-        slots[i].cls = i < 16 ? conn : i < 25 ? proto : i < 31 ? parser : i < 33 ? options
+        slots[i].cls = i < 17 ? conn : i < 26 ? proto : i < 32 ? parser : i < 34 ? options
                      : (PyObject *)Py_TYPE(args[5]);
         if (slot_offset(slots[i].cls, slots[i].name, slots[i].off) < 0) return NULL;
     }

@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib
 import inspect
 import logging
 import os
+import sys
 import time
 import uuid
 from collections import deque
@@ -82,6 +84,10 @@ PENDING_FAILURE_TIMEOUT = 10.0
 OK_CLOSE_CODES = frozenset({1000, 1001, 1005})
 
 _registry_stats = registry.stats
+_WRITELINES_UNPAUSED = (3, 12) <= sys.version_info < (3, 12, 8) or sys.version_info[:3] == (3, 13, 0)
+_SelectorSocketTransport: type = getattr(
+    importlib.import_module("asyncio.selector_events"), "_SelectorSocketTransport", type(None)
+)
 _OPEN = State.OPEN
 
 
@@ -112,6 +118,7 @@ class ServerConnection(asyncio.Protocol):
         "_write_limit",
         "_cork_limit",
         "_flush_scheduled",
+        "_join_writes",
         "_loop",
         "_messages",
         "_queued_bytes",
@@ -185,6 +192,7 @@ class ServerConnection(asyncio.Protocol):
         self._cork_limit = CORK_LIMIT
         self._write_limit = options.write_limits[0]
         self._flush_scheduled = False
+        self._join_writes = False  # see connection_made()
         # sending a fragmented message: other senders wait on this future
         self._fragmented: asyncio.Future[None] | None = None
         # pings: payload -> (future, time sent); insertion order = send order
@@ -303,6 +311,12 @@ class ServerConnection(asyncio.Protocol):
         high, low = self._options.write_limits
         self._transport.set_write_buffer_limits(high, low)
         self._cork_limit = min(CORK_LIMIT, high)
+        # CPython 3.12.0-3.12.7 and 3.13.0: the default loop's writelines()
+        # never pauses the protocol (gh-127655), so a client that does not
+        # read would grow the buffer without bound; write() still does.
+        self._join_writes = _WRITELINES_UNPAUSED and isinstance(
+            transport, _SelectorSocketTransport
+        )
         self._server._register(self)
         # No task until the request arrives (Server.close() closes such
         # connections itself): one timer bounds the wait. It lives in
@@ -569,6 +583,8 @@ class ServerConnection(asyncio.Protocol):
         if chunks:
             if len(chunks) == 1:
                 self._transport.write(chunks[0])
+            elif self._join_writes:
+                self._transport.write(b"".join(chunks))
             else:
                 self._transport.writelines(chunks)
         if protocol.state is not _OPEN:

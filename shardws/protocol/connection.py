@@ -683,7 +683,7 @@ class Connection:
             return
         self._send_data(OP_BINARY, data, fin)
 
-    def send_continuation(self, data: bytes, fin: bool) -> None:
+    def send_continuation(self, data: bytes | bytearray | memoryview, fin: bool) -> None:
         """Send the next fragment of the message started by send_text/send_binary(fin=False).
 
         Raises :class:`InvalidState` unless OPEN, :class:`LocalProtocolError`
