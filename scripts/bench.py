@@ -24,7 +24,12 @@ Tests (each also with permessage-deflate negotiated, ``+deflate``):
 * ``idle_rss``: server RSS growth per idle open connection (5000 open, on a
   fresh server process), KiB.
 
-``bare`` (a uvloop TCP echo) is the generator's ceiling for the echo tests.
+``bare`` (a uvloop TCP echo) is the generator's ceiling for the echo tests;
+``bare-task`` (the same echo answered by a task per connection awaiting a
+future per read) is the floor of the websockets API's model, where a
+handler task awaits ``recv()``; ``bare-ws`` (a WebSocket server reduced to
+the upgrade and a Python loop of ``transport.write()``) is the broadcast
+ceiling of any server that writes each delivery.
 Each pass measures every server in turn; the tables report the median of
 the passes, the JSON file every point (with the CPU use of the generator
 and of the server during the point).
@@ -83,6 +88,48 @@ class Echo(asyncio.Protocol):
 
 async def main():
     server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0, backlog=4096)
+    PORT = server.sockets[0].getsockname()[1]
+""" + SERVE_UNTIL_STDIN_CLOSES + r"""
+uvloop.run(main())
+"""
+
+# The floor of the websockets API's model for the echo tests: a uvloop TCP
+# echo whose answers come from a task per connection that awaits a future
+# per read (no WebSocket at all), as a handler awaiting recv() does.
+BARE_TASK = PRELUDE + r"""
+import collections
+
+class TaskEcho(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.write = transport.write
+        self.queue = collections.deque()
+        self.waiter = None
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self.run())
+
+    def data_received(self, data):
+        self.queue.append(data)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def connection_lost(self, exc):
+        self.task.cancel()
+
+    async def recv(self):
+        while not self.queue:
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.queue.popleft()
+
+    async def run(self):
+        while True:
+            self.write(await self.recv())
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(TaskEcho, "127.0.0.1", 0, backlog=4096)
     PORT = server.sockets[0].getsockname()[1]
 """ + SERVE_UNTIL_STDIN_CLOSES + r"""
 uvloop.run(main())
@@ -278,6 +325,7 @@ uvloop.run(main())
 # name: (program, extra environment, speaks permessage-deflate, speaks WebSocket)
 SERVERS: dict[str, tuple[str, dict[str, str], bool, bool]] = {
     "bare": (BARE, {}, False, False),
+    "bare-task": (BARE_TASK, {}, False, False),
     "bare-ws": (BARE_WS, {}, False, True),
     "shardws": (WEBSOCKETS_API.replace("import MODULE", "import shardws"), {}, True, True),
     "shardws-pure": (WEBSOCKETS_API.replace("import MODULE", "import shardws"),
@@ -1084,7 +1132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 pass of short points (under 2 minutes)")
     parser.add_argument("--repeat", type=int, help="passes; the tables show the median (default 3)")
-    parser.add_argument("--servers", default="bare,shardws,shardws-pure,websockets,picows,aiohttp",
+    parser.add_argument("--servers",
+                        default="bare,bare-task,bare-ws,shardws,shardws-pure,websockets,picows,aiohttp",
                         help="comma-separated subset of: " + ", ".join(SERVERS))
     parser.add_argument("--tests", default=",".join(TESTS),
                         help="comma-separated subset of: " + ", ".join(TESTS))

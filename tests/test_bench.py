@@ -77,3 +77,21 @@ def test_payload_is_deterministic_text() -> None:
     assert bench.payload(16384) == bench.payload(16384)
     assert len(bench.payload(32)) == 32
     bench.payload(16384).decode("ascii")
+
+
+def test_reference_servers_answer_the_generator(tmp_path: Path) -> None:
+    """bare-task echoes and bare-ws broadcasts: one short point each, any rate above 0."""
+    import json
+    import subprocess
+
+    report = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, str(_PATH), "--servers", "bare-task,bare-ws", "--tests", "rr32,broadcast",
+         "--modes", "plain", "--repeat", "1", "--seconds", "0.3", "--rounds", "3",
+         "--json", str(report)],
+        check=True, timeout=120, capture_output=True,
+    )
+    rows = json.loads(report.read_text())
+    points = {(row["server"], row["test"]): row["value"] for row in rows["points"]}
+    assert set(points) == {("bare-task", "rr32"), ("bare-ws", "broadcast")}
+    assert all(value > 0 for value in points.values())
