@@ -15,6 +15,11 @@
  *   parse_head(data, max_head, max_headers, max_line, names, values, /)
  *       -> (int, (str, str, str), list[tuple[str, str]], dict) | None
  *
+ * The server's fast paths at the end (connection_fast_paths, broadcast_plain)
+ * have no twin there: the Python methods of ServerConnection, Server and
+ * broadcast() they stand in for are their specification, and they call those
+ * methods for every case they do not take (docs/internals.md).
+ *
  * RFC 6455 section 5.3: "octet i of the transformed data
  * ("transformed-octet-i") is the XOR of octet i of the original data
  * ("original-octet-i") with octet at index i modulo 4 of the masking key
