@@ -1464,6 +1464,26 @@ conn_data_received(PyObject *self, PyObject *data)
     return PyObject_CallMethodOneArg(self, str_data_received_py, data);
 }
 
+/* self.<name>(*args, **kwargs) for a METH_FASTCALL | METH_KEYWORDS method
+ * that leaves a call to the Python method it stands in for. */
+static PyObject *
+call_python_method(PyObject *name, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames)
+{
+    Py_ssize_t n = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    PyObject *small[4], **stack = small, *res;
+
+    if (n + 1 > 4) {
+        stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(n + 1));
+        if (stack == NULL) return PyErr_NoMemory();
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < n; i++) stack[i + 1] = args[i];
+    res = PyObject_VectorcallMethod(name, stack, (size_t)nargs + 1, kwnames);
+    if (stack != small) PyMem_Free(stack);
+    return res;
+}
+
 /* -- writing */
 
 /* ServerConnection._flush: write what the protocol queued. */
@@ -1813,18 +1833,7 @@ error:
 
 slow:
     Py_XDECREF(owned);
-    {
-        PyObject *small[4], **stack = small, *r;
-        if (nargs + nkw + 1 > 4) {
-            stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
-            if (stack == NULL) return PyErr_NoMemory();
-        }
-        stack[0] = self;
-        for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
-        r = PyObject_VectorcallMethod(str_send_py, stack, (size_t)nargs + 1, kwnames);
-        if (stack != small) PyMem_Free(stack);
-        return r;
-    }
+    return call_python_method(str_send_py, self, args, nargs, kwnames);
 }
 
 /* -- receiving, the awaitable side */
@@ -2141,18 +2150,7 @@ conn_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
         return new_receive(self, 0);
     }
     if (PyErr_Occurred()) PyErr_Clear();
-    {
-        PyObject *small[4], **stack = small, *res;
-        if (nargs + nkw + 1 > 4) {
-            stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
-            if (stack == NULL) return PyErr_NoMemory();
-        }
-        stack[0] = self;
-        for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
-        res = PyObject_VectorcallMethod(str_recv_py, stack, (size_t)nargs + 1, kwnames);
-        if (stack != small) PyMem_Free(stack);
-        return res;
-    }
+    return call_python_method(str_recv_py, self, args, nargs, kwnames);
 }
 
 /* -- broadcast */

@@ -34,20 +34,20 @@ FAST_PATHS = [
     (ServerConnection, "data_received", "_data_received_py"),
     (ServerConnection, "send", "_send_py"),
     (ServerConnection, "_flush", "_flush_py"),
+    (ServerConnection, "recv", "_recv_py"),
+    (ServerConnection, "__anext__", "_anext_py"),
     (Server, "_flush_corked", "_flush_corked_py"),
 ]
 
-requires_c = pytest.mark.skipif(
-    speedups.connection_fast_paths is None, reason="pure build: no C fast paths"
-)
+C_FAST_PATHS = speedups.connection_fast_paths is not None
+# The pure build has only the Python methods: its tests run on them alone.
+PATHS = ["c", "python"] if C_FAST_PATHS else ["python"]
 
 
-@pytest.fixture(params=["c", "python"])
+@pytest.fixture(params=PATHS)
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run the test on the C fast paths, then on the Python methods alone."""
     if request.param == "c":
-        if speedups.connection_fast_paths is None:
-            pytest.skip("pure build: no C fast paths")
         for cls, name, _ in FAST_PATHS:
             assert type(cls.__dict__[name]).__name__ == "method_descriptor", (cls, name)
     else:
@@ -595,19 +595,23 @@ async def test_send_as_task_gather_wait_for(path: str, open_one: OpenOne) -> Non
     assert events == ["0", "1", "2", "3", b"4", "5", "6", "7"]
 
 
-@requires_c
-async def test_sent_awaitable_twice(open_one: OpenOne) -> None:
-    """The C send() returns one completed awaitable: awaiting it again is harmless."""
+async def test_what_send_returns_behaves_like_a_coroutine(path: str, open_one: OpenOne) -> None:
+    """Awaited, it returns None; the C one is completed already (awaiting it
+    again is harmless), the Python one is a coroutine (awaited once)."""
     client, connection = await open_one()
     sent = connection.send("x")
     assert asyncio.iscoroutine(sent)
     assert await result_of(sent) is None
-    assert await result_of(sent) is None
-    with pytest.raises(StopIteration):
-        sent.send(None)
-    with pytest.raises(ValueError, match="boom"):
-        sent.throw(ValueError("boom"))
-    sent.close()
+    if path == "c":
+        assert await result_of(sent) is None
+        with pytest.raises(StopIteration):
+            sent.send(None)
+        with pytest.raises(ValueError, match="boom"):
+            sent.throw(ValueError("boom"))
+        sent.close()
+    else:
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await result_of(sent)
     assert await client.next_event() == "x"
 
 
@@ -698,3 +702,75 @@ async def test_subclass(
     assert (await close_frame(client)).code == 1007
     if cls is Overriding:
         assert connection.reads >= 2  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ recv()
+
+
+async def test_recv_timed_out_leaves_the_connection_usable(path: str, open_one: OpenOne) -> None:
+    client, connection = await open_one()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(connection.recv(), 0.01)
+    assert connection._recv_waiter is None  # the cancelled wait cleaned up
+    client.send_text("after")
+    assert await asyncio.wait_for(connection.recv(), 5) == "after"
+
+
+async def test_recv_cancelled_then_message_goes_to_the_next_recv(
+    path: str, open_one: OpenOne
+) -> None:
+    client, connection = await open_one()
+    waiting = asyncio.create_task(connection.recv())
+    await wait_until(lambda: connection._recv_waiter is not None)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert connection._recv_waiter is None
+    client.send_binary(b"kept")
+    assert await connection.recv() == b"kept"
+
+
+async def test_second_recv_while_one_waits_raises_concurrency_error(
+    path: str, open_one: OpenOne
+) -> None:
+    client, connection = await open_one()
+    first = asyncio.create_task(connection.recv())
+    await wait_until(lambda: connection._recv_waiter is not None)
+    with pytest.raises(shardws.ConcurrencyError):
+        await connection.recv()
+    client.send_text("one")
+    assert await first == "one"
+
+
+async def test_recv_not_awaited_takes_nothing(path: str, open_one: OpenOne) -> None:
+    client, connection = await open_one()
+    client.send_text("a")
+    client.send_text("b")
+    await wait_until(lambda: len(connection._messages) == 2)
+    connection.recv().close()  # made, never awaited
+    assert [await connection.recv(), await connection.recv()] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "decode", "expected"),
+    [(b"bin", True, "bin"), ("txt", False, b"txt"), (b"bin", None, b"bin"), ("txt", None, "txt")],
+)
+async def test_recv_decode(
+    path: str, open_one: OpenOne, sent: str | bytes, decode: bool | None, expected: str | bytes
+) -> None:
+    client, connection = await open_one()
+    if isinstance(sent, str):
+        client.send_text(sent)
+    else:
+        client.send_binary(sent)
+    assert await connection.recv(decode=decode) == expected
+
+
+async def test_recv_and_iteration_end_with_the_connection(path: str, open_one: OpenOne) -> None:
+    client, connection = await open_one()
+    client.send_text("last")
+    client.close(1000)
+    received = [message async for message in connection]  # ends without raising on 1000
+    assert received == ["last"]
+    with pytest.raises(shardws.ConnectionClosedOK):
+        await connection.recv()
