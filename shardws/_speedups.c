@@ -602,13 +602,39 @@ PyDoc_STRVAR(scan_messages_doc,
 /* Payloads up to this size are unmasked on the stack before decoding text. */
 #define SCAN_STACK 512
 
+/* The text (b0 0x81) or binary (0x82) frame at p as str or bytes, payload
+ * unmasked; NULL with UnicodeDecodeError set for invalid UTF-8. */
+static PyObject *
+message_object(const uint8_t *p, Py_ssize_t header, uint64_t length, int masked)
+{
+    uint8_t stack[SCAN_STACK];
+    PyObject *raw, *message;
+
+    if (p[0] == 0x82) {
+        return payload_bytes(p, header, length, masked);
+    }
+    if (!masked) {
+        return PyUnicode_DecodeUTF8((const char *)p + header, (Py_ssize_t)length, NULL);
+    }
+    if (length <= SCAN_STACK) {
+        do_mask(p + header, stack, (Py_ssize_t)length, p + header - 4);
+        return PyUnicode_DecodeUTF8((const char *)stack, (Py_ssize_t)length, NULL);
+    }
+    raw = payload_bytes(p, header, length, 1);
+    if (raw == NULL) {
+        return NULL;
+    }
+    message = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(raw), (Py_ssize_t)length, NULL);
+    Py_DECREF(raw);
+    return message;
+}
+
 static PyObject *
 scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     scan_args a;
     Py_ssize_t pos, end;
     const uint8_t *base;
-    uint8_t stack[SCAN_STACK];
     uint8_t want_mask;
     PyObject *messages = NULL, *result;
 
@@ -635,27 +661,7 @@ scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (!frame_extent(p, end - pos, a.require_mask, &length, &header)) break;
         if (!a.unbounded && (long long)length > a.max_size) break;
 
-        if (b0 == 0x82) {
-            message = payload_bytes(p, header, length, a.require_mask);
-            if (message == NULL) {
-                goto error;
-            }
-        }
-        else if (!a.require_mask) {
-            message = PyUnicode_DecodeUTF8((const char *)p + header, (Py_ssize_t)length, NULL);
-        }
-        else if (length <= SCAN_STACK) {
-            do_mask(p + header, stack, (Py_ssize_t)length, p + header - 4);
-            message = PyUnicode_DecodeUTF8((const char *)stack, (Py_ssize_t)length, NULL);
-        }
-        else {
-            PyObject *raw = payload_bytes(p, header, length, 1);
-            if (raw == NULL) {
-                goto error;
-            }
-            message = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(raw), (Py_ssize_t)length, NULL);
-            Py_DECREF(raw);
-        }
+        message = message_object(p, header, length, a.require_mask);
         if (message == NULL) {
             if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
                 goto error;
@@ -1087,7 +1093,58 @@ static struct {
     Py_ssize_t s_messages_in, s_messages_out;
 } fp;
 
-static PyObject *str_set_result;
+static PyObject *str_data_received_py, *str_send_py, *str_flush_py,
+    *str_queue_overflow, *str_closing_started, *str_drain, *str_done, *str_set_result,
+    *str_write, *str_writelines, *str_is_closing, *str_call_soon, *str_to_flush,
+    *str_flush_corked, *str_text, *str_recv_py, *str_decode, *str_create_future,
+    *str_future_blocking, *str_resume_if_drained, *str_receive;
+
+/* Every slot the fast paths use: the class it belongs to, its name, where
+ * its offset is kept. */
+enum { OF_CONNECTION, OF_PROTOCOL, OF_PARSER, OF_OPTIONS, OF_STATS, N_CLASSES };
+static const struct {
+    int cls;
+    const char *name;
+    Py_ssize_t *off;
+} slot_table[] = {
+    {OF_CONNECTION, "_protocol", &fp.c_protocol},
+    {OF_CONNECTION, "_transport", &fp.c_transport},
+    {OF_CONNECTION, "_fragmented", &fp.c_fragmented},
+    {OF_CONNECTION, "_write_paused", &fp.c_write_paused},
+    {OF_CONNECTION, "_corked", &fp.c_corked},
+    {OF_CONNECTION, "_cork_limit", &fp.c_cork_limit},
+    {OF_CONNECTION, "_flush_scheduled", &fp.c_flush_scheduled},
+    {OF_CONNECTION, "_loop", &fp.c_loop},
+    {OF_CONNECTION, "_messages", &fp.c_messages},
+    {OF_CONNECTION, "_queued_bytes", &fp.c_queued_bytes},
+    {OF_CONNECTION, "_recv_waiter", &fp.c_recv_waiter},
+    {OF_CONNECTION, "_server", &fp.c_server},
+    {OF_CONNECTION, "_options", &fp.c_options},
+    {OF_CONNECTION, "_queue_full", &fp.c_queue_full},
+    {OF_CONNECTION, "_closed_waiter", &fp.c_closed_waiter},
+    {OF_CONNECTION, "_fail_handle", &fp.c_fail_handle},
+    {OF_CONNECTION, "_join_writes", &fp.c_join_writes},
+    {OF_PROTOCOL, "state", &fp.p_state},
+    {OF_PROTOCOL, "_discard", &fp.p_discard},
+    {OF_PROTOCOL, "_msg_opcode", &fp.p_msg_opcode},
+    {OF_PROTOCOL, "_parser", &fp.p_parser},
+    {OF_PROTOCOL, "_out", &fp.p_out},
+    {OF_PROTOCOL, "_plain", &fp.p_plain},
+    {OF_PROTOCOL, "_send_fragmented", &fp.p_send_fragmented},
+    {OF_PROTOCOL, "_pending_pongs", &fp.p_pending_pongs},
+    {OF_PROTOCOL, "frame_share_key", &fp.p_share_key},
+    {OF_PARSER, "max_size", &fp.f_max_size},
+    {OF_PARSER, "_buf", &fp.f_buf},
+    {OF_PARSER, "_pos", &fp.f_pos},
+    {OF_PARSER, "_ready", &fp.f_ready},
+    {OF_PARSER, "_next", &fp.f_next},
+    {OF_PARSER, "_base", &fp.f_base},
+    {OF_OPTIONS, "max_queue_high", &fp.o_max_queue_high},
+    {OF_OPTIONS, "read_limit_high", &fp.o_read_limit_high},
+    {OF_STATS, "messages_in", &fp.s_messages_in},
+    {OF_STATS, "messages_out", &fp.s_messages_out},
+};
+#define N_SLOTS (sizeof(slot_table) / sizeof(slot_table[0]))
 
 /* waiter.done() / waiter.set_result(value), through the unbound methods of
  * its type when it is the usual future type (no lookup per call). */
@@ -1113,18 +1170,12 @@ future_call(PyObject *future, int set, PyObject *value)
         }
         if (Py_TYPE(future) != fp.future_type) {
             return set ? PyObject_CallMethodOneArg(future, str_set_result, value)
-                       : PyObject_CallMethod(future, "done", NULL);
+                       : PyObject_CallMethodNoArgs(future, str_done);
         }
     }
     return PyObject_Vectorcall(set ? fp.future_set_result : fp.future_done, args, set ? 2 : 1,
                                NULL);
 }
-
-static PyObject *str_data_received_py, *str_send_py, *str_flush_py, *str_flush,
-    *str_flush_corked_py, *str_queue_overflow, *str_closing_started, *str_drain, *str_done,
-    *str_write, *str_writelines, *str_is_closing, *str_call_soon,
-    *str_to_flush, *str_flush_corked, *str_text, *str_recv_py, *str_decode, *str_create_future,
-    *str_future_blocking, *str_resume_if_drained;
 
 /* The offset of the __slots__ member `name` of `cls` (a T_OBJECT_EX slot). */
 static int
@@ -1187,12 +1238,6 @@ slot_ssize(PyObject *obj, Py_ssize_t off)
     return n;
 }
 
-static inline int
-slot_is(PyObject *obj, Py_ssize_t off, PyObject *value)
-{
-    return SLOT(obj, off) == value;
-}
-
 /* Add n to the int in a slot; -1 on error. */
 static int
 slot_add(PyObject *obj, Py_ssize_t off, Py_ssize_t n)
@@ -1235,15 +1280,12 @@ conn_checked(PyObject *self)
         return 0;
     }
     {
-        static const char *names[] = {
-            "_protocol", "_transport", "_fragmented", "_write_paused", "_corked",
-            "_cork_limit", "_flush_scheduled", "_loop", "_messages", "_queued_bytes",
-            "_recv_waiter", "_server", "_options", "_queue_full", "_closed_waiter",
-            "_fail_handle", "_join_writes", NULL};
         int same = 1;
-        for (int i = 0; names[i] != NULL && same; i++) {
-            PyObject *mine = PyObject_GetAttrString((PyObject *)tp, names[i]);
-            PyObject *base = PyObject_GetAttrString((PyObject *)fp.conn_type, names[i]);
+        for (size_t i = 0; i < N_SLOTS && same; i++) {
+            PyObject *mine, *base;
+            if (slot_table[i].cls != OF_CONNECTION) continue;
+            mine = PyObject_GetAttrString((PyObject *)tp, slot_table[i].name);
+            base = PyObject_GetAttrString((PyObject *)fp.conn_type, slot_table[i].name);
             same = mine != NULL && mine == base;
             Py_XDECREF(mine);
             Py_XDECREF(base);
@@ -1292,6 +1334,8 @@ count_whole_messages(const uint8_t *base, Py_ssize_t end, int unbounded, long lo
     }
     return count;
 }
+
+static PyObject *conn_flush(PyObject *self, PyObject *unused);
 
 /* 1: data was taken by the fast path; 0: the Python method must take it;
  * -1: error. */
@@ -1359,24 +1403,7 @@ receive_fast(PyObject *self, PyObject *data)
         PyObject *message;
 
         frame_extent(p, end - pos, 1, &length, &header);
-        if (p[0] == 0x82) {
-            message = payload_bytes(p, header, length, 1);
-            if (message != NULL) added_len += (Py_ssize_t)length;
-        }
-        else {
-            uint8_t stack[SCAN_STACK];
-            if (length <= SCAN_STACK) {
-                do_mask(p + header, stack, (Py_ssize_t)length, p + header - 4);
-                message = PyUnicode_DecodeUTF8((const char *)stack, (Py_ssize_t)length, NULL);
-            }
-            else {
-                PyObject *raw = payload_bytes(p, header, length, 1);
-                message = raw == NULL ? NULL : PyUnicode_DecodeUTF8(
-                    PyBytes_AS_STRING(raw), (Py_ssize_t)length, NULL);
-                Py_XDECREF(raw);
-            }
-            if (message != NULL) added_len += PyUnicode_GET_LENGTH(message);
-        }
+        message = message_object(p, header, length, 1);
         if (message == NULL) {
             if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
                 PyErr_Clear();
@@ -1387,6 +1414,8 @@ receive_fast(PyObject *self, PyObject *data)
             }
             goto done;
         }
+        /* len() of the message, as _process_events counts _queued_bytes */
+        added_len += p[0] == 0x82 ? (Py_ssize_t)length : PyUnicode_GET_LENGTH(message);
         msgs[i] = message;
         pos += header + (Py_ssize_t)length;
     }
@@ -1439,7 +1468,7 @@ receive_fast(PyObject *self, PyObject *data)
     {
         PyObject *out = SLOT(protocol, fp.p_out);
         if (out == NULL || !PyList_CheckExact(out) || PyList_GET_SIZE(out)) {
-            PyObject *r = PyObject_CallMethodNoArgs(self, str_flush);
+            PyObject *r = conn_flush(self, NULL);
             if (r == NULL) goto done;
             Py_DECREF(r);
         }
@@ -1525,75 +1554,6 @@ conn_flush(PyObject *self, PyObject *unused)
 
 slow:
     return PyObject_CallMethodNoArgs(self, str_flush_py);
-}
-
-/* Server._flush_corked: one callback per loop iteration for every connection
- * whose send() corked. */
-static PyObject *
-server_flush_corked(PyObject *server, PyObject *unused)
-{
-    PyObject *connections, *fresh;
-    Py_ssize_t i;
-    int failed = 0;
-
-    connections = PyObject_GetAttr(server, str_to_flush);
-    if (connections == NULL) return NULL;
-    if (!PyList_CheckExact(connections)) {
-        Py_DECREF(connections);
-        return PyObject_CallMethodNoArgs(server, str_flush_corked_py);
-    }
-    fresh = PyList_New(0);
-    if (fresh == NULL || PyObject_SetAttr(server, str_to_flush, fresh) < 0) {
-        Py_XDECREF(fresh);
-        Py_DECREF(connections);
-        return NULL;
-    }
-    Py_DECREF(fresh);
-    for (i = 0; i < PyList_GET_SIZE(connections) && !failed; i++) {
-        PyObject *conn = PyList_GET_ITEM(connections, i), *corked, *transport, *closing, *r;
-        int is_closing;
-
-        if (!conn_checked(conn)) {
-            /* not ours: the Python loop body */
-            if (PyObject_SetAttrString(conn, "_flush_scheduled", Py_False) < 0) {
-                failed = 1;
-                break;
-            }
-            corked = PyObject_GetAttrString(conn, "_corked");
-            transport = corked == NULL ? NULL : PyObject_GetAttrString(conn, "_transport");
-        }
-        else {
-            slot_set(conn, fp.c_flush_scheduled, Py_False);
-            corked = Py_XNewRef(SLOT(conn, fp.c_corked));
-            transport = Py_XNewRef(SLOT(conn, fp.c_transport));
-            if (corked == NULL || transport == NULL) {
-                PyErr_SetString(PyExc_AttributeError, "_corked");
-            }
-        }
-        if (corked == NULL || transport == NULL) {
-            Py_XDECREF(corked);
-            Py_XDECREF(transport);
-            failed = 1;
-            break;
-        }
-        is_closing = PyObject_IsTrue(corked);
-        Py_DECREF(corked);
-        if (is_closing > 0) {
-            closing = PyObject_CallMethodNoArgs(transport, str_is_closing);
-            is_closing = closing == NULL ? -1 : PyObject_IsTrue(closing);
-            Py_XDECREF(closing);
-            if (is_closing == 0) {
-                r = PyObject_CallMethodNoArgs(conn, str_flush);
-                if (r == NULL) is_closing = -1;
-                Py_XDECREF(r);
-            }
-        }
-        Py_DECREF(transport);
-        failed = is_closing < 0;
-    }
-    Py_DECREF(connections);
-    if (failed) return NULL;
-    Py_RETURN_NONE;
 }
 
 /* The awaitable that send() returns when the message is already queued:
@@ -1855,6 +1815,15 @@ typedef struct {
 
 static PyTypeObject ReceiveType;
 
+/* The Python coroutine it stands in for: conn._receive(None, iterating). */
+static PyObject *
+receive_coroutine(PyObject *conn, int iterating)
+{
+    PyObject *args[3] = {conn, Py_None, iterating ? Py_True : Py_False};
+
+    return PyObject_VectorcallMethod(str_receive, args, 3, NULL);
+}
+
 static void
 receive_forget_waiter(ReceiveObject *r)
 {
@@ -1960,8 +1929,7 @@ receive_step(ReceiveObject *r, PyObject *arg, PyObject **result)
     return PYGEN_NEXT;
 
 delegate:
-    r->delegate = PyObject_CallMethod(conn, "_receive", "OO", Py_None,
-                                      r->iterating ? Py_True : Py_False);
+    r->delegate = receive_coroutine(conn, r->iterating);
     if (r->delegate == NULL) goto error;
     return receive_delegate_send(r, Py_None, result);
 
@@ -2119,8 +2087,7 @@ new_receive(PyObject *self, int iterating)
     ReceiveObject *r;
 
     if (!conn_checked(self)) {
-        return PyObject_CallMethod(self, "_receive", "OO", Py_None,
-                                   iterating ? Py_True : Py_False);
+        return receive_coroutine(self, iterating);
     }
     r = PyObject_GC_New(ReceiveObject, &ReceiveType);
     if (r == NULL) return NULL;
@@ -2250,65 +2217,35 @@ static PyMethodDef conn_recv_def = {
 static PyMethodDef conn_anext_def = {
     "__anext__", (PyCFunction)conn_anext, METH_NOARGS,
     "The next message of async for (C twin of _receive(None, True))."};
-static PyMethodDef server_flush_corked_def = {
-    "_flush_corked", (PyCFunction)server_flush_corked, METH_NOARGS,
-    "Write what send() corked on every connection (the C version of _flush_corked_py)."};
 
 PyDoc_STRVAR(connection_fast_paths_doc,
 "connection_fast_paths(connection_cls, protocol_cls, parser_cls, options_cls,\n"
-"                      server_cls, stats, open_state, split_at, /) -> dict\n\n"
+"                      stats, open_state, split_at, /) -> dict\n\n"
 "Bind the C fast paths to these classes (their __slots__ offsets) and return\n"
-"method descriptors: 'data_received', 'send', '_flush', 'recv' and '__anext__'\n"
-"for connection_cls,"
-"'_flush_corked' for server_cls. Each calls the Python method of the same\n"
-"name with a '_py' suffix for every case it does not take itself.");
+"method descriptors of connection_cls: 'data_received', 'send', '_flush',\n"
+"'recv' and '__anext__'. Each calls the Python method it stands in for,\n"
+"kept under a '_py' name, for every case it does not take itself.");
 
 static PyObject *
 connection_fast_paths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *conn, *proto, *parser, *options, *server, *collections, *result;
-    struct { PyObject *cls; const char *name; Py_ssize_t *off; } slots[] = {
-        {NULL, "_protocol", &fp.c_protocol}, {NULL, "_transport", &fp.c_transport},
-        {NULL, "_fragmented", &fp.c_fragmented}, {NULL, "_write_paused", &fp.c_write_paused},
-        {NULL, "_corked", &fp.c_corked}, {NULL, "_cork_limit", &fp.c_cork_limit},
-        {NULL, "_flush_scheduled", &fp.c_flush_scheduled}, {NULL, "_loop", &fp.c_loop},
-        {NULL, "_messages", &fp.c_messages}, {NULL, "_queued_bytes", &fp.c_queued_bytes},
-        {NULL, "_recv_waiter", &fp.c_recv_waiter}, {NULL, "_server", &fp.c_server},
-        {NULL, "_options", &fp.c_options}, {NULL, "_queue_full", &fp.c_queue_full},
-        {NULL, "_closed_waiter", &fp.c_closed_waiter}, {NULL, "_fail_handle", &fp.c_fail_handle},
-        {NULL, "_join_writes", &fp.c_join_writes},
-        {NULL, "state", &fp.p_state}, {NULL, "_discard", &fp.p_discard},
-        {NULL, "_msg_opcode", &fp.p_msg_opcode}, {NULL, "_parser", &fp.p_parser},
-        {NULL, "_out", &fp.p_out}, {NULL, "_plain", &fp.p_plain},
-        {NULL, "_send_fragmented", &fp.p_send_fragmented},
-        {NULL, "_pending_pongs", &fp.p_pending_pongs},
-        {NULL, "frame_share_key", &fp.p_share_key},
-        {NULL, "max_size", &fp.f_max_size}, {NULL, "_buf", &fp.f_buf}, {NULL, "_pos", &fp.f_pos},
-        {NULL, "_ready", &fp.f_ready}, {NULL, "_next", &fp.f_next}, {NULL, "_base", &fp.f_base},
-        {NULL, "max_queue_high", &fp.o_max_queue_high},
-        {NULL, "read_limit_high", &fp.o_read_limit_high},
-        {NULL, "messages_in", &fp.s_messages_in}, {NULL, "messages_out", &fp.s_messages_out},
-    };
+    PyObject *classes[N_CLASSES], *collections, *result;
     Py_ssize_t split_at;
 
-    if (check_nargs("connection_fast_paths", nargs, 8, 8) < 0) return NULL;
-    conn = args[0];
-    proto = args[1];
-    parser = args[2];
-    options = args[3];
-    server = args[4];
-    for (int i = 0; i < 5; i++) {
+    if (check_nargs("connection_fast_paths", nargs, 7, 7) < 0) return NULL;
+    for (int i = 0; i < OF_STATS; i++) {
         if (!PyType_Check(args[i])) {
-            PyErr_SetString(PyExc_TypeError, "connection_fast_paths() expects 5 classes first");
+            PyErr_SetString(PyExc_TypeError, "connection_fast_paths() expects 4 classes first");
             return NULL;
         }
+        classes[i] = args[i];
     }
-    split_at = PyLong_AsSsize_t(args[7]);
+    classes[OF_STATS] = (PyObject *)Py_TYPE(args[4]);
+    split_at = PyLong_AsSsize_t(args[6]);
     if (split_at == -1 && PyErr_Occurred()) return NULL;
-    for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
-        slots[i].cls = i < 17 ? conn : i < 26 ? proto : i < 32 ? parser : i < 34 ? options
-                     : (PyObject *)Py_TYPE(args[5]);
-        if (slot_offset(slots[i].cls, slots[i].name, slots[i].off) < 0) return NULL;
+    for (size_t i = 0; i < N_SLOTS; i++) {
+        if (slot_offset(classes[slot_table[i].cls], slot_table[i].name, slot_table[i].off) < 0)
+            return NULL;
     }
     collections = PyImport_ImportModule("collections");
     if (collections == NULL) return NULL;
@@ -2321,25 +2258,24 @@ connection_fast_paths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (fp.deque_popleft == NULL) return NULL;
     Py_XSETREF(fp.checked_types, PyDict_New());
     if (fp.checked_types == NULL) return NULL;
-    Py_XSETREF(fp.conn_type, (PyTypeObject *)Py_NewRef(conn));
-    Py_XSETREF(fp.protocol_type, (PyTypeObject *)Py_NewRef(proto));
-    Py_XSETREF(fp.parser_type, (PyTypeObject *)Py_NewRef(parser));
-    Py_XSETREF(fp.options_type, (PyTypeObject *)Py_NewRef(options));
-    Py_XSETREF(fp.stats, Py_NewRef(args[5]));
-    Py_XSETREF(fp.open_state, Py_NewRef(args[6]));
+    Py_XSETREF(fp.conn_type, (PyTypeObject *)Py_NewRef(classes[OF_CONNECTION]));
+    Py_XSETREF(fp.protocol_type, (PyTypeObject *)Py_NewRef(classes[OF_PROTOCOL]));
+    Py_XSETREF(fp.parser_type, (PyTypeObject *)Py_NewRef(classes[OF_PARSER]));
+    Py_XSETREF(fp.options_type, (PyTypeObject *)Py_NewRef(classes[OF_OPTIONS]));
+    Py_XSETREF(fp.stats, Py_NewRef(args[4]));
+    Py_XSETREF(fp.open_state, Py_NewRef(args[5]));
     fp.split_at = split_at;
 
     result = PyDict_New();
     if (result == NULL) return NULL;
     {
-        struct { PyObject *cls; PyMethodDef *def; } methods[] = {
-            {conn, &conn_data_received_def}, {conn, &conn_send_def}, {conn, &conn_flush_def},
-            {conn, &conn_recv_def}, {conn, &conn_anext_def},
-            {server, &server_flush_corked_def},
+        PyMethodDef *methods[] = {
+            &conn_data_received_def, &conn_send_def, &conn_flush_def, &conn_recv_def,
+            &conn_anext_def,
         };
         for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
-            PyObject *d = PyDescr_NewMethod((PyTypeObject *)methods[i].cls, methods[i].def);
-            if (d == NULL || PyDict_SetItemString(result, methods[i].def->ml_name, d) < 0) {
+            PyObject *d = PyDescr_NewMethod(fp.conn_type, methods[i]);
+            if (d == NULL || PyDict_SetItemString(result, methods[i]->ml_name, d) < 0) {
                 Py_XDECREF(d);
                 Py_DECREF(result);
                 return NULL;
@@ -2355,8 +2291,7 @@ fast_paths_init(PyObject *module)
 {
     struct { PyObject **slot; const char *text; } names[] = {
         {&str_data_received_py, "_data_received_py"}, {&str_send_py, "_send_py"},
-        {&str_flush_py, "_flush_py"}, {&str_flush, "_flush"},
-        {&str_flush_corked_py, "_flush_corked_py"}, {&str_queue_overflow, "_queue_overflow"},
+        {&str_flush_py, "_flush_py"}, {&str_queue_overflow, "_queue_overflow"},
         {&str_closing_started, "_closing_started"}, {&str_drain, "_drain"},
         {&str_done, "done"}, {&str_set_result, "set_result"}, {&str_write, "write"},
         {&str_writelines, "writelines"}, {&str_is_closing, "is_closing"},
@@ -2365,7 +2300,7 @@ fast_paths_init(PyObject *module)
         {&str_recv_py, "_recv_py"}, {&str_decode, "decode"},
         {&str_create_future, "create_future"},
         {&str_future_blocking, "_asyncio_future_blocking"},
-        {&str_resume_if_drained, "_resume_if_drained"},
+        {&str_resume_if_drained, "_resume_if_drained"}, {&str_receive, "_receive"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL

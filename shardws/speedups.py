@@ -31,9 +31,9 @@ made when this module is imported.
                      HTTP/1.1 request head (see :func:`py_parse_head`)
 ``connection_fast_paths``
                      C versions of ``ServerConnection.data_received``,
-                     ``send`` and ``_flush`` and of ``Server._flush_corked``
-                     for the common case (whole messages, str / bytes sent
-                     on an OPEN connection); ``None`` on the pure path. The
+                     ``send``, ``_flush``, ``recv`` and ``__anext__`` for the
+                     common case (whole messages, str / bytes sent on an
+                     OPEN connection); ``None`` on the pure path. The
                      Python methods are its specification: it calls them
                      for every other case
 ``broadcast_plain``  the loop of ``broadcast()`` for plain connections

@@ -41,8 +41,8 @@ that does not read keeps such a connection open.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import email.utils
-import importlib
 import inspect
 import logging
 import os
@@ -85,9 +85,7 @@ OK_CLOSE_CODES = frozenset({1000, 1001, 1005})
 
 _registry_stats = registry.stats
 _WRITELINES_UNPAUSED = (3, 12) <= sys.version_info < (3, 12, 8) or sys.version_info[:3] == (3, 13, 0)
-_SelectorSocketTransport: type = getattr(
-    importlib.import_module("asyncio.selector_events"), "_SelectorSocketTransport", type(None)
-)
+_SelectorSocketTransport: type = asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
 _OPEN = State.OPEN
 
 

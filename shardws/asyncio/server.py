@@ -440,6 +440,17 @@ class unix_serve(serve):
         self._kwargs["path"] = path
 
 
+# (method of ServerConnection, the name its Python version keeps when the C
+# speedups replace it): see _install_fast_paths().
+FAST_METHODS = (
+    ("data_received", "_data_received_py"),
+    ("send", "_send_py"),
+    ("_flush", "_flush_py"),
+    ("recv", "_recv_py"),
+    ("__anext__", "_anext_py"),
+)
+
+
 def _install_fast_paths() -> None:
     """Bind the C versions of the hot methods, when the C speedups are loaded.
 
@@ -452,19 +463,12 @@ def _install_fast_paths() -> None:
     if bind is None:
         return
     methods = bind(
-        ServerConnection, Connection, FrameParser, _Options, Server,
-        registry.stats, State.OPEN, SPLIT_PAYLOAD_AT,
+        ServerConnection, Connection, FrameParser, _Options, registry.stats, State.OPEN,
+        SPLIT_PAYLOAD_AT,
     )
-    for cls, name, python_name in (
-        (ServerConnection, "data_received", "_data_received_py"),
-        (ServerConnection, "send", "_send_py"),
-        (ServerConnection, "_flush", "_flush_py"),
-        (ServerConnection, "recv", "_recv_py"),
-        (ServerConnection, "__anext__", "_anext_py"),
-        (Server, "_flush_corked", "_flush_corked_py"),
-    ):
-        setattr(cls, python_name, cls.__dict__[name])
-        setattr(cls, name, methods[name])
+    for name, python_name in FAST_METHODS:
+        setattr(ServerConnection, python_name, ServerConnection.__dict__[name])
+        setattr(ServerConnection, name, methods[name])
 
 
 _install_fast_paths()
