@@ -1,9 +1,9 @@
-"""The C fast paths of ServerConnection (data_received, send, _flush) and of
-Server._flush_corked behave like the Python methods they stand in for.
+"""The C fast paths of ServerConnection (data_received, send, _flush, recv,
+__anext__) behave like the Python methods they stand in for.
 
 Every test runs twice through the ``path`` fixture: ``"c"`` with the C
 methods that ``_install_fast_paths()`` bound, ``"python"`` with the Python
-originals (``_data_received_py``...) put back on the classes. Reads are fed
+originals (``_data_received_py``...) put back on the class. Reads are fed
 to ``connection.data_received`` directly, so that their boundaries are
 exactly the ones each case lists; the answers travel over a real socket to a
 :class:`RawClient`.
@@ -21,23 +21,14 @@ import shardws
 from shardws import speedups
 from shardws.asyncio import registry
 from shardws.asyncio.connection import ServerConnection
-from shardws.asyncio.server import Server
+from shardws.asyncio.server import FAST_METHODS, Server
 from shardws.exceptions import ConnectionClosed
 from shardws.protocol.connection import Pong
 from shardws.protocol.frames import Close
+from tests.protocol.wire import MASK, raw, server
 
 from .conftest import Accepted, StartServer, port_of, wait_until
 from .rawclient import RawClient
-
-# (class, method the C version replaces, name the Python original is kept under)
-FAST_PATHS = [
-    (ServerConnection, "data_received", "_data_received_py"),
-    (ServerConnection, "send", "_send_py"),
-    (ServerConnection, "_flush", "_flush_py"),
-    (ServerConnection, "recv", "_recv_py"),
-    (ServerConnection, "__anext__", "_anext_py"),
-    (Server, "_flush_corked", "_flush_corked_py"),
-]
 
 C_FAST_PATHS = speedups.connection_fast_paths is not None
 # The pure build has only the Python methods: its tests run on them alone.
@@ -48,38 +39,24 @@ PATHS = ["c", "python"] if C_FAST_PATHS else ["python"]
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run the test on the C fast paths, then on the Python methods alone."""
     if request.param == "c":
-        for cls, name, _ in FAST_PATHS:
-            assert type(cls.__dict__[name]).__name__ == "method_descriptor", (cls, name)
+        for name, _ in FAST_METHODS:
+            assert type(ServerConnection.__dict__[name]).__name__ == "method_descriptor", name
     else:
-        for cls, name, python_name in FAST_PATHS:
-            original = cls.__dict__.get(python_name)
+        for name, python_name in FAST_METHODS:
+            original = ServerConnection.__dict__.get(python_name)
             if original is not None:  # absent on the pure build: already Python
-                monkeypatch.setattr(cls, name, original)
-            assert type(cls.__dict__[name]).__name__ == "function", (cls, name)
+                monkeypatch.setattr(ServerConnection, name, original)
+            assert type(ServerConnection.__dict__[name]).__name__ == "function", name
     yield request.param
 
 
 # ----------------------------------------------------------------- helpers
 
-MASK = b"\x37\xfa\x21\x3d"
-
 
 def frame(opcode: int, payload: bytes | str, *, fin: bool = True, masked: bool = True) -> bytes:
-    """One client frame (masked unless told otherwise)."""
-    if isinstance(payload, str):
-        payload = payload.encode()
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
-    bit = 0x80 if masked else 0
-    if n < 126:
-        head = bytes((b0, bit | n))
-    elif n < 65536:
-        head = bytes((b0, bit | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((b0, bit | 127)) + n.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    return head + MASK + speedups.py_apply_mask(payload, MASK)
+    """One client frame (masked with wire.MASK unless told otherwise)."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    return raw((0x80 if fin else 0) | opcode, data, mask=MASK if masked else None)
 
 
 def text(payload: bytes | str, **kw: Any) -> bytes:
@@ -100,14 +77,7 @@ def ping(payload: bytes) -> bytes:
 
 def server_frame(opcode: int, payload: bytes) -> bytes:
     """What the server writes for one whole message (unmasked, minimal length)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
-    return head + payload
+    return server(opcode, payload)
 
 
 OpenOne = Callable[..., Awaitable[tuple[RawClient, ServerConnection]]]

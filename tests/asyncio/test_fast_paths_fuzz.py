@@ -23,18 +23,10 @@ import pytest
 
 from shardws import speedups
 from shardws.asyncio.connection import ServerConnection
-from shardws.asyncio.server import Server
+from shardws.asyncio.server import FAST_METHODS, Server
+from tests.protocol.wire import MASK, raw
 
 from .conftest import StartServer
-
-PAIRS = [
-    (ServerConnection, "data_received", "_data_received_py"),
-    (ServerConnection, "send", "_send_py"),
-    (ServerConnection, "_flush", "_flush_py"),
-    (ServerConnection, "recv", "_recv_py"),
-    (ServerConnection, "__anext__", "_anext_py"),
-    (Server, "_flush_corked", "_flush_corked_py"),
-]
 
 REQUEST = (
     "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -84,19 +76,7 @@ class RecordingTransport:
 
 
 def frame(op: int, payload: bytes, *, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | rsv | op
-    bit = 0x80 if masked else 0
-    if n < 126:
-        head = bytes((b0, bit | n))
-    elif n < 65536:
-        head = bytes((b0, bit | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((b0, bit | 127)) + n.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    key = b"\x01\x02\x03\x04"
-    return head + key + bytes(x ^ key[i % 4] for i, x in enumerate(payload))
+    return raw((0x80 if fin else 0) | rsv | op, payload, mask=MASK if masked else None)
 
 
 # (weight, what the peer sends)
@@ -124,14 +104,14 @@ def reads(rng: random.Random) -> list[bytes]:
 
 async def observe(server: Server, path: str, chunks: list[bytes]) -> tuple[Any, ...]:
     """Serve one connection with the C or the Python methods; all it did."""
-    for cls, name, python_name in PAIRS:
-        setattr(cls, name, FAST[cls, name] if path == "c" else cls.__dict__[python_name])
+    for name, python_name in FAST_METHODS:
+        python = ServerConnection.__dict__[python_name]
+        setattr(ServerConnection, name, FAST[name] if path == "c" else python)
     connection: ServerConnection = server._protocol_factory()  # type: ignore[attr-defined]
     transport = RecordingTransport(connection)
     connection.connection_made(transport)  # type: ignore[arg-type]
     connection.data_received(REQUEST)
-    while connection._protocol is None:
-        await asyncio.sleep(0)
+    assert connection._protocol is not None  # no hook: the 101 is written at once
     transport.out.clear()  # the 101
     for chunk in chunks:
         connection.data_received(chunk)
@@ -154,14 +134,14 @@ async def observe(server: Server, path: str, chunks: list[bytes]) -> tuple[Any, 
 
 
 if speedups.connection_fast_paths is not None:  # the pure build has only one path
-    FAST = {(cls, name): cls.__dict__[name] for cls, name, _ in PAIRS}
+    FAST = {name: ServerConnection.__dict__[name] for name, _ in FAST_METHODS}
 
     @pytest.mark.parametrize("seed", range(4))
     async def test_c_and_python_paths_do_the_same(
         start_server: StartServer, monkeypatch: pytest.MonkeyPatch, seed: int
     ) -> None:
-        for cls, name, _ in PAIRS:  # restored after the test
-            monkeypatch.setattr(cls, name, cls.__dict__[name])
+        for name, _ in FAST_METHODS:  # restored after the test
+            monkeypatch.setattr(ServerConnection, name, ServerConnection.__dict__[name])
         servers = [
             await start_server(
                 lambda ws: ws.wait_closed(),
