@@ -34,6 +34,15 @@
 #include <structmember.h>
 
 #include <stdint.h>
+#include <errno.h>
+#ifndef _WIN32
+#include <sys/socket.h>
+#include <sys/uio.h>
+#define DIRECT_WRITES 1
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0 /* macOS: Python ignores SIGPIPE anyway */
+#endif
+#endif
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -1081,7 +1090,7 @@ static struct {
     /* ServerConnection */
     Py_ssize_t c_protocol, c_transport, c_fragmented, c_write_paused, c_corked, c_cork_limit,
         c_flush_scheduled, c_loop, c_messages, c_queued_bytes, c_recv_waiter, c_server,
-        c_options, c_queue_full, c_closed_waiter, c_fail_handle, c_join_writes;
+        c_options, c_queue_full, c_closed_waiter, c_fail_handle, c_join_writes, c_sock_fd;
     /* protocol.connection.Connection */
     Py_ssize_t p_state, p_discard, p_msg_opcode, p_parser, p_out, p_plain, p_send_fragmented,
         p_pending_pongs, p_share_key;
@@ -1097,7 +1106,7 @@ static PyObject *str_data_received_py, *str_send_py, *str_flush_py,
     *str_queue_overflow, *str_closing_started, *str_drain, *str_done, *str_set_result,
     *str_write, *str_writelines, *str_is_closing, *str_call_soon, *str_to_flush,
     *str_flush_corked, *str_text, *str_recv_py, *str_decode, *str_create_future,
-    *str_future_blocking, *str_resume_if_drained, *str_receive;
+    *str_future_blocking, *str_resume_if_drained, *str_receive, *str_get_write_buffer_size;
 
 /* Every slot the fast paths use: the class it belongs to, its name, where
  * its offset is kept. */
@@ -1124,6 +1133,7 @@ static const struct {
     {OF_CONNECTION, "_closed_waiter", &fp.c_closed_waiter},
     {OF_CONNECTION, "_fail_handle", &fp.c_fail_handle},
     {OF_CONNECTION, "_join_writes", &fp.c_join_writes},
+    {OF_CONNECTION, "_sock_fd", &fp.c_sock_fd},
     {OF_PROTOCOL, "state", &fp.p_state},
     {OF_PROTOCOL, "_discard", &fp.p_discard},
     {OF_PROTOCOL, "_msg_opcode", &fp.p_msg_opcode},
@@ -1515,6 +1525,116 @@ call_python_method(PyObject *name, PyObject *self, PyObject *const *args, Py_ssi
 
 /* -- writing */
 
+/* Writing to the socket directly. A transport's write() costs a method
+ * call, its own buffering logic, and on Linux a write(2), which goes through
+ * the VFS layer that send(2) skips. So when the transport holds nothing and
+ * is not closing, the chunks go out with one send()/sendmsg() on the socket
+ * under it (the fd that connection_made() put in _sock_fd, -1 for TLS or any
+ * transport that is not over a plain socket). Whatever the kernel does not
+ * take -- all of it on EAGAIN or an error -- goes to the transport, which
+ * buffers it, or meets the same error and reports it as it always does. The
+ * bytes keep their order: nothing is sent around a non-empty buffer. */
+#define MAX_DIRECT_CHUNKS 64
+
+/* The socket to send on, -1 to write through the transport, -2 on error. */
+static int
+direct_fd(PyObject *conn, PyObject *transport)
+{
+#ifdef DIRECT_WRITES
+    PyObject *v = SLOT(conn, fp.c_sock_fd);
+    Py_ssize_t fd, size;
+    int closing;
+
+    if (v == NULL || !PyLong_CheckExact(v)) return -1;
+    fd = PyLong_AsSsize_t(v);
+    if (fd < 0 || fd > INT_MAX) {
+        if (fd == -1 && PyErr_Occurred()) return -2;
+        return -1;
+    }
+    v = PyObject_CallMethodNoArgs(transport, str_is_closing);
+    if (v == NULL) return -2;
+    closing = v != Py_False;
+    Py_DECREF(v);
+    if (closing) return -1;
+    v = PyObject_CallMethodNoArgs(transport, str_get_write_buffer_size);
+    if (v == NULL) return -2;
+    size = PyLong_CheckExact(v) ? PyLong_AsSsize_t(v) : -1;
+    Py_DECREF(v);
+    if (size != 0) {
+        if (size == -1 && PyErr_Occurred()) return -2;
+        return -1;
+    }
+    return (int)fd;
+#else
+    return -1;
+#endif
+}
+
+/* Write the bytes objects chunks[0..n) (`list` holds them when n > 1):
+ * directly while direct_fd() allows, the rest through the transport. */
+static PyObject *
+conn_write(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssize_t n,
+           PyObject *list)
+{
+    Py_ssize_t sent = 0, i;
+    PyObject *rest, *r;
+
+#ifdef DIRECT_WRITES
+    if (n <= MAX_DIRECT_CHUNKS) {
+        struct iovec iov[MAX_DIRECT_CHUNKS];
+        Py_ssize_t total = 0;
+        int fd;
+
+        for (i = 0; i < n; i++) {
+            if (!PyBytes_CheckExact(chunks[i])) break;
+            iov[i].iov_base = PyBytes_AS_STRING(chunks[i]);
+            iov[i].iov_len = (size_t)PyBytes_GET_SIZE(chunks[i]);
+            total += PyBytes_GET_SIZE(chunks[i]);
+        }
+        if (i == n && total > 0) {
+            fd = direct_fd(conn, transport);
+            if (fd == -2) return NULL;
+            if (fd >= 0) {
+                ssize_t w;
+                do {
+                    if (n == 1) {
+                        w = send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+                    }
+                    else {
+                        struct msghdr msg;
+                        memset(&msg, 0, sizeof(msg));
+                        msg.msg_iov = iov;
+                        msg.msg_iovlen = (size_t)n;
+                        w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+                    }
+                } while (w < 0 && errno == EINTR);
+                if (w == total) Py_RETURN_NONE;
+                if (w > 0) sent = w;
+            }
+        }
+    }
+#endif
+    if (sent == 0) {
+        if (n == 1) return PyObject_CallMethodOneArg(transport, str_write, chunks[0]);
+        return PyObject_CallMethodOneArg(transport, str_writelines, list);
+    }
+    /* a partial send: the transport takes the rest */
+    for (i = 0; sent >= PyBytes_GET_SIZE(chunks[i]); i++) sent -= PyBytes_GET_SIZE(chunks[i]);
+    rest = PyList_New(n - i);
+    if (rest == NULL) return NULL;
+    PyList_SET_ITEM(rest, 0, PyBytes_FromStringAndSize(
+        PyBytes_AS_STRING(chunks[i]) + sent, PyBytes_GET_SIZE(chunks[i]) - sent));
+    if (PyList_GET_ITEM(rest, 0) == NULL) {
+        Py_DECREF(rest);
+        return NULL;
+    }
+    for (Py_ssize_t j = i + 1; j < n; j++) PyList_SET_ITEM(rest, j - i, Py_NewRef(chunks[j]));
+    if (n - i == 1) r = PyObject_CallMethodOneArg(transport, str_write, PyList_GET_ITEM(rest, 0));
+    else r = PyObject_CallMethodOneArg(transport, str_writelines, rest);
+    Py_DECREF(rest);
+    return r;
+}
+
 /* ServerConnection._flush: write what the protocol queued. */
 static PyObject *
 conn_flush(PyObject *self, PyObject *unused)
@@ -1537,12 +1657,7 @@ conn_flush(PyObject *self, PyObject *unused)
             Py_DECREF(out);
             return NULL;
         }
-        if (PyList_GET_SIZE(out) == 1) {
-            r = PyObject_CallMethodOneArg(transport, str_write, PyList_GET_ITEM(out, 0));
-        }
-        else {
-            r = PyObject_CallMethodOneArg(transport, str_writelines, out);
-        }
+        r = conn_write(self, transport, &PyList_GET_ITEM(out, 0), PyList_GET_SIZE(out), out);
         Py_DECREF(out);
         if (r == NULL) return NULL;
         Py_DECREF(r);
@@ -2157,8 +2272,7 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             && SLOT(protocol, fp.p_share_key) == Py_None
             && (corked = SLOT(conn, fp.c_corked)) == small_zero /* the int 0 */
             && (transport = SLOT(conn, fp.c_transport)) != NULL) {
-            PyObject *call[2] = {transport, frame};
-            r = PyObject_VectorcallMethod(str_write, call, 2, NULL);
+            r = conn_write(conn, transport, &frame, 1, NULL);
             if (r != NULL) {
                 sent++;
             }
@@ -2301,6 +2415,7 @@ fast_paths_init(PyObject *module)
         {&str_create_future, "create_future"},
         {&str_future_blocking, "_asyncio_future_blocking"},
         {&str_resume_if_drained, "_resume_if_drained"}, {&str_receive, "_receive"},
+        {&str_get_write_buffer_size, "get_write_buffer_size"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL

@@ -46,6 +46,7 @@ import email.utils
 import inspect
 import logging
 import os
+import socket
 import sys
 import time
 import uuid
@@ -53,6 +54,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import speedups
 from ..exceptions import (
     ConcurrencyError,
     ConnectionClosed,
@@ -86,6 +88,34 @@ OK_CLOSE_CODES = frozenset({1000, 1001, 1005})
 _registry_stats = registry.stats
 _WRITELINES_UNPAUSED = (3, 12) <= sys.version_info < (3, 12, 8) or sys.version_info[:3] == (3, 13, 0)
 _SelectorSocketTransport: type = asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+
+# Only the C _flush and broadcast() write to the socket (speedups loaded).
+DIRECT_WRITES = speedups.connection_fast_paths is not None
+# Transport classes over a plain socket (no TLS, no pipe): the default
+# loop's, and uvloop's TCP and Unix ones, recognised by name so that
+# importing shardws does not import uvloop.
+_PLAIN_TRANSPORTS = {
+    ("asyncio.selector_events", "_SelectorSocketTransport"),
+    ("uvloop.loop", "TCPTransport"),
+    ("uvloop.loop", "UnixTransport"),
+}
+
+
+def _plain_socket_fd(transport: Any) -> int:
+    """The file descriptor under a plain TCP or Unix stream transport, else -1.
+
+    The C speedups send on it directly, and only while the transport is not
+    closing and holds nothing in its write buffer (so the bytes keep their
+    order); what the kernel does not take goes to the transport.
+    """
+    cls = type(transport)
+    if (cls.__module__, cls.__name__) not in _PLAIN_TRANSPORTS:
+        return -1
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.type != socket.SOCK_STREAM:
+        return -1
+    fd: int = sock.fileno()
+    return fd
 _OPEN = State.OPEN
 
 
@@ -117,6 +147,7 @@ class ServerConnection(asyncio.Protocol):
         "_cork_limit",
         "_flush_scheduled",
         "_join_writes",
+        "_sock_fd",
         "_loop",
         "_messages",
         "_queued_bytes",
@@ -191,6 +222,7 @@ class ServerConnection(asyncio.Protocol):
         self._write_limit = options.write_limits[0]
         self._flush_scheduled = False
         self._join_writes = False  # see connection_made()
+        self._sock_fd = -1  # see connection_made()
         # sending a fragmented message: other senders wait on this future
         self._fragmented: asyncio.Future[None] | None = None
         # pings: payload -> (future, time sent); insertion order = send order
@@ -315,6 +347,10 @@ class ServerConnection(asyncio.Protocol):
         self._join_writes = _WRITELINES_UNPAUSED and isinstance(
             transport, _SelectorSocketTransport
         )
+        # The C _flush and broadcast() send on this socket themselves while
+        # the transport buffers nothing (one send() instead of the
+        # transport's write()); connection_lost() forgets it.
+        self._sock_fd = _plain_socket_fd(transport) if DIRECT_WRITES else -1
         self._server._register(self)
         # No task until the request arrives (Server.close() closes such
         # connections itself): one timer bounds the wait. It lives in
@@ -364,6 +400,7 @@ class ServerConnection(asyncio.Protocol):
         self._update_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._sock_fd = -1
         protocol = self._protocol
         if protocol is not None and protocol.state is not State.CLOSED:
             protocol.receive_eof()

@@ -24,6 +24,7 @@ class Spy:
     def __init__(self, connections: list[shardws.ServerConnection]) -> None:
         self.writes: dict[shardws.ServerConnection, list[bytes]] = {}
         for connection in connections:
+            connection._sock_fd = -1  # no direct writes (test_direct_writes.py): all via write()
             transport = connection._transport
             original = transport.write
             self.writes[connection] = log = []

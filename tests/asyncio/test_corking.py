@@ -23,6 +23,7 @@ class WriteSpy:
 
     def __init__(self, connection: shardws.ServerConnection) -> None:
         self.calls: list[bytes] = []
+        connection._sock_fd = -1  # no direct writes (test_direct_writes.py): all via the transport
         transport = connection._transport
         write, writelines = transport.write, transport.writelines
 

@@ -69,6 +69,7 @@ async def test_flush_joins_the_chunks_into_one_write_when_asked(
     transport.write = write  # type: ignore[method-assign]
     transport.writelines = writelines  # type: ignore[method-assign]
     connection._join_writes = join
+    connection._sock_fd = -1  # no direct writes (test_direct_writes.py): all via the transport
     await connection.send(BIG)
     connection._flush()
     header = 4 if len(BIG) < 65536 else 10
