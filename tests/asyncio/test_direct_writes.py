@@ -77,11 +77,10 @@ async def test_a_unix_connection_sends_on_its_socket(tmp_path: Path) -> None:
             await ws.send(message)
 
     path = str(tmp_path / "direct.sock")
-    async with shardws.unix_serve(handler, path, compression=None):
-        async with unix_connect(path) as client:
-            for message in ("unix", b"\x00\x01", "x" * 70000):
-                await client.send(message)
-                assert await client.recv() == message
+    async with shardws.unix_serve(handler, path, compression=None), unix_connect(path) as client:
+        for message in ("unix", b"\x00\x01", "x" * 70000):
+            await client.send(message)
+            assert await client.recv() == message
     [(fd, real)] = fds
     assert fd == (real if DIRECT else -1)
 
