@@ -10,15 +10,20 @@ pre-built masked frames and count the answers (by bytes where every answer
 has the same size, by scanning frame headers where permessage-deflate makes
 the sizes vary). Identical echo semantics everywhere: each server echoes a
 message with its type, answers the text ``count`` with its number of open
-connections and ``bcast:ROUNDS:SIZE`` by broadcasting ROUNDS text messages of
-SIZE bytes to every connection, yielding to the loop between rounds.
+connections and ``bcast:ROUNDS:SIZE[:PER]`` by broadcasting ROUNDS rounds of
+PER (default 1) text messages of SIZE bytes to every connection, yielding to
+the loop between rounds (each server writes or groups the PER messages of a
+round its own way).
 
 Tests (each also with permessage-deflate negotiated, ``+deflate``):
 
 * ``rr32``: 32 B request/response, 100 connections, 1 message in flight each;
 * ``pipe32``: 32 B pipelined on 1 connection, 2 batches of 64 in flight;
 * ``big16k``: 16 KiB request/response, 10 connections, 1 in flight each;
-* ``broadcast``: deliveries/s of 32 B broadcasts to 1000 connections;
+* ``broadcast``: deliveries/s of 32 B broadcasts to 1000 connections, one
+  broadcast per loop iteration;
+* ``broadcast8``: the same with 8 broadcasts per loop iteration (a publisher
+  that publishes in bursts, or several publishers at once);
 * ``handshake``: completed upgrades/s, 50 concurrent connect + upgrade +
   close handshake loops;
 * ``idle_rss``: server RSS growth per idle open connection (5000 open, on a
@@ -149,11 +154,12 @@ def frame(opcode, payload):
         return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
     return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
 
-async def broadcast(rounds, payload):
+async def broadcast(rounds, payload, per):
     data = frame(1, payload)
     for _ in range(rounds):
-        for transport in list(CLIENTS):
-            transport.write(data)
+        for _ in range(per):
+            for transport in list(CLIENTS):
+                transport.write(data)
         await asyncio.sleep(0)
 
 class BareWebSocket(asyncio.Protocol):
@@ -195,8 +201,8 @@ class BareWebSocket(asyncio.Protocol):
             if payload == b"count":
                 self.transport.write(frame(1, str(len(CLIENTS)).encode()))
             elif payload.startswith(b"bcast:"):
-                _, rounds, size = payload.split(b":")
-                asyncio.ensure_future(broadcast(int(rounds), b"x" * int(size)))
+                _, rounds, size, *per = payload.split(b":")
+                asyncio.ensure_future(broadcast(int(rounds), b"x" * int(size), int(per[0]) if per else 1))
         self.buffer = buf
 
     def connection_lost(self, exc):
@@ -225,10 +231,11 @@ async def handler(ws):
             if isinstance(message, str) and message == "count":
                 await ws.send(str(len(CLIENTS)))
             elif isinstance(message, str) and message.startswith("bcast:"):
-                _, rounds, size = message.split(":")
+                _, rounds, size, *per = message.split(":")
                 text = "x" * int(size)
                 for _ in range(int(rounds)):
-                    websockets.broadcast(CLIENTS, text)
+                    for _ in range(int(per[0]) if per else 1):
+                        websockets.broadcast(CLIENTS, text)
                     await asyncio.sleep(0)
             else:
                 await ws.send(message)
@@ -260,12 +267,13 @@ async def handler(request):
                 if msg.data == "count":
                     await ws.send_str(str(len(CLIENTS)))
                 elif msg.data.startswith("bcast:"):
-                    _, rounds, size = msg.data.split(":")
+                    _, rounds, size, *per = msg.data.split(":")
                     text = "x" * int(size)
                     for _ in range(int(rounds)):
-                        for client in list(CLIENTS):
-                            if not client.closed:
-                                await client.send_str(text)
+                        for _ in range(int(per[0]) if per else 1):
+                            for client in list(CLIENTS):
+                                if not client.closed:
+                                    await client.send_str(text)
                         await asyncio.sleep(0)
                 else:
                     await ws.send_str(msg.data)
@@ -290,10 +298,11 @@ uvloop.run(main())
 PICOWS = PRELUDE + r"""
 from picows import WSListener, WSMsgType, ws_create_server
 
-async def broadcast(rounds, text):
+async def broadcast(rounds, text, per):
     for _ in range(rounds):
-        for transport in list(CLIENTS):
-            transport.send(WSMsgType.TEXT, text)
+        for _ in range(per):
+            for transport in list(CLIENTS):
+                transport.send(WSMsgType.TEXT, text)
         await asyncio.sleep(0)
 
 class Listener(WSListener):
@@ -310,8 +319,8 @@ class Listener(WSListener):
         elif frame.msg_type is WSMsgType.TEXT and frame.get_payload_as_bytes() == b"count":
             transport.send(WSMsgType.TEXT, str(len(CLIENTS)).encode())
         elif frame.msg_type is WSMsgType.TEXT and frame.get_payload_as_bytes().startswith(b"bcast:"):
-            _, rounds, size = frame.get_payload_as_bytes().split(b":")
-            asyncio.ensure_future(broadcast(int(rounds), b"x" * int(size)))
+            _, rounds, size, *per = frame.get_payload_as_bytes().split(b":")
+            asyncio.ensure_future(broadcast(int(rounds), b"x" * int(size), int(per[0]) if per else 1))
         elif frame.msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
             transport.send(frame.msg_type, frame.get_payload_as_bytes())
 
@@ -778,8 +787,11 @@ class Point:
 
 # test name: (clients, message size, frames per refill, refills in flight)
 ECHO_TESTS = {"rr32": (100, 32, 1, 1), "pipe32": (1, 32, 64, 2), "big16k": (10, 16384, 1, 1)}
-TESTS = ("rr32", "pipe32", "big16k", "broadcast", "handshake", "idle_rss")
+TESTS = ("rr32", "pipe32", "big16k", "broadcast", "broadcast8", "handshake", "idle_rss")
+# broadcasts per loop iteration
+BROADCAST_TESTS = {"broadcast": 1, "broadcast8": 8}
 UNITS = {"rr32": "msg/s", "pipe32": "msg/s", "big16k": "msg/s", "broadcast": "deliveries/s",
+         "broadcast8": "deliveries/s",
          "handshake": "handshakes/s", "idle_rss": "KiB/connection"}
 
 
@@ -814,8 +826,10 @@ async def echo_rate(server: Any, test: str, websocket: bool, deflate: bool,
     return (end - start) / point.wall, point
 
 
-async def broadcast_rate(server: Any, deflate: bool, cfg: argparse.Namespace) -> tuple[float, Point]:
+async def broadcast_rate(server: Any, test: str, deflate: bool,
+                         cfg: argparse.Namespace) -> tuple[float, Point]:
     n = cfg.broadcast_connections
+    per = BROADCAST_TESTS[test]
     control: Control = await connect(server.port, Control)
     clients = await open_clients(server.port, n, upgrade_request(deflate), 0 if deflate else 34)
     try:
@@ -832,14 +846,14 @@ async def broadcast_rate(server: Any, deflate: bool, cfg: argparse.Namespace) ->
 
         for c in clients:
             c.count = c.credit = 0
-            c.per, c.chunk, c.on_done = cfg.rounds, b"", finished
+            c.per, c.chunk, c.on_done = cfg.rounds * per, b"", finished
         with Point(server.pids()) as point:
-            control.transport.write(client_frame(0x1, f"bcast:{cfg.rounds}:32".encode()))
+            control.transport.write(client_frame(0x1, f"bcast:{cfg.rounds}:32:{per}".encode()))
             await asyncio.wait_for(done, 120)
     finally:
         await close_clients(clients, True)
         control.transport.abort()
-    return n * cfg.rounds / point.wall, point
+    return n * cfg.rounds * per / point.wall, point
 
 
 class Upgrader(asyncio.Protocol):
@@ -937,9 +951,9 @@ async def idle_rss(name: str, cpu: int, deflate: bool, cfg: argparse.Namespace) 
 def applies(server: str, test: str, deflate: bool) -> bool:
     """Whether ``test`` is measured for ``server`` (a '-' in the table otherwise)."""
     if server.startswith("shardws-w"):
-        return test not in ("broadcast", "idle_rss")
+        return test not in BROADCAST_TESTS and test != "idle_rss"
     if server == "bare-ws":
-        return test == "broadcast" and not deflate
+        return test in BROADCAST_TESTS and not deflate
     _, _, speaks_deflate, websocket = SERVERS[server]
     if deflate and not speaks_deflate:
         return False
@@ -983,8 +997,8 @@ async def measure(cfg: argparse.Namespace, cpus: tuple[int, int]) -> list[dict[s
                                 websocket = name.startswith("shardws-w") or SERVERS[name][3]
                                 if test in ECHO_TESTS:
                                     value, point = await echo_rate(server, test, websocket, deflate, cfg)
-                                elif test == "broadcast":
-                                    value, point = await broadcast_rate(server, deflate, cfg)
+                                elif test in BROADCAST_TESTS:
+                                    value, point = await broadcast_rate(server, test, deflate, cfg)
                                 else:
                                     value, point = await handshake_rate(server, deflate, cfg)
                             row.update(value=value, seconds=round(point.wall, 3),

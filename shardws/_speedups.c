@@ -1090,7 +1090,8 @@ static struct {
     /* ServerConnection */
     Py_ssize_t c_protocol, c_transport, c_fragmented, c_write_paused, c_corked, c_cork_limit,
         c_flush_scheduled, c_loop, c_messages, c_queued_bytes, c_recv_waiter, c_server,
-        c_options, c_queue_full, c_closed_waiter, c_fail_handle, c_join_writes, c_sock_fd;
+        c_options, c_queue_full, c_closed_waiter, c_fail_handle, c_join_writes, c_sock_fd,
+        c_broadcast_epoch;
     /* protocol.connection.Connection */
     Py_ssize_t p_state, p_discard, p_msg_opcode, p_parser, p_out, p_plain, p_send_fragmented,
         p_pending_pongs, p_share_key;
@@ -1134,6 +1135,7 @@ static const struct {
     {OF_CONNECTION, "_fail_handle", &fp.c_fail_handle},
     {OF_CONNECTION, "_join_writes", &fp.c_join_writes},
     {OF_CONNECTION, "_sock_fd", &fp.c_sock_fd},
+    {OF_CONNECTION, "_broadcast_epoch", &fp.c_broadcast_epoch},
     {OF_PROTOCOL, "state", &fp.p_state},
     {OF_PROTOCOL, "_discard", &fp.p_discard},
     {OF_PROTOCOL, "_msg_opcode", &fp.p_msg_opcode},
@@ -1758,6 +1760,57 @@ static PyTypeObject DoneType = {
 static PyObject *sent_singleton;
 static PyObject *small_zero; /* the cached int 0 that every `x = 0` stores */
 
+/* ServerConnection._cork(size): count `size` more bytes queued in the
+ * protocol; write them at the end of this loop iteration, or now past
+ * _cork_limit. 0, or -1 with an exception. */
+static int
+conn_cork(PyObject *self, Py_ssize_t size)
+{
+    Py_ssize_t corked = slot_ssize(self, fp.c_corked), limit = slot_ssize(self, fp.c_cork_limit);
+
+    if (corked < 0 || limit < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "_corked and _cork_limit");
+        return -1;
+    }
+    corked += size;
+    if (corked >= limit) {
+        PyObject *r = conn_flush(self, NULL);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    if (slot_set_new(self, fp.c_corked, PyLong_FromSsize_t(corked)) < 0) return -1;
+    if (SLOT(self, fp.c_flush_scheduled) != Py_True) {
+        PyObject *server = SLOT(self, fp.c_server), *to_flush;
+        int first;
+        slot_set(self, fp.c_flush_scheduled, Py_True);
+        to_flush = PyObject_GetAttr(server, str_to_flush);
+        if (to_flush == NULL) return -1;
+        first = PyObject_Not(to_flush);
+        if (first > 0) {
+            PyObject *cb = PyObject_GetAttr(server, str_flush_corked), *r;
+            if (cb == NULL) {
+                Py_DECREF(to_flush);
+                return -1;
+            }
+            r = PyObject_CallMethodOneArg(SLOT(self, fp.c_loop), str_call_soon, cb);
+            Py_DECREF(cb);
+            if (r == NULL) {
+                Py_DECREF(to_flush);
+                return -1;
+            }
+            Py_DECREF(r);
+        }
+        if (first < 0 || (PyList_CheckExact(to_flush) ? PyList_Append(to_flush, self) : -1) < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "_to_flush");
+            Py_DECREF(to_flush);
+            return -1;
+        }
+        Py_DECREF(to_flush);
+    }
+    return 0;
+}
+
 /* ServerConnection.send: a str or bytes on an OPEN connection, text not
  * contradicting its type, is framed and corked here. */
 static PyObject *
@@ -1765,7 +1818,7 @@ conn_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
 {
     PyObject *message, *text = Py_None, *protocol, *out, *frame, *payload = NULL, *owned = NULL;
     const char *p;
-    Py_ssize_t n, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames), corked, limit, hlen;
+    Py_ssize_t n, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames), hlen;
     uint8_t opcode, *h;
 
     if (nargs + nkw < 1 || nargs + nkw > 2 || nargs < 1) goto slow;
@@ -1852,51 +1905,7 @@ conn_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
     Py_CLEAR(owned);
     if (slot_add(fp.stats, fp.s_messages_out, 1) < 0) return NULL;
 
-    /* Corking (see Server._flush_corked) */
-    corked = slot_ssize(self, fp.c_corked);
-    limit = slot_ssize(self, fp.c_cork_limit);
-    if (corked < 0 || limit < 0) {
-        PyErr_SetString(PyExc_TypeError, "_corked and _cork_limit must be ints");
-        return NULL;
-    }
-    corked += n + 2; /* + header: never 0, even for an empty message */
-    if (corked >= limit) {
-        PyObject *r = conn_flush(self, NULL);
-        if (r == NULL) return NULL;
-        Py_DECREF(r);
-    }
-    else {
-        if (slot_set_new(self, fp.c_corked, PyLong_FromSsize_t(corked)) < 0) return NULL;
-        if (SLOT(self, fp.c_flush_scheduled) != Py_True) {
-            PyObject *server = SLOT(self, fp.c_server), *to_flush;
-            int first;
-            slot_set(self, fp.c_flush_scheduled, Py_True);
-            to_flush = PyObject_GetAttr(server, str_to_flush);
-            if (to_flush == NULL) return NULL;
-            first = PyObject_Not(to_flush);
-            if (first > 0) {
-                PyObject *cb = PyObject_GetAttr(server, str_flush_corked), *r;
-                if (cb == NULL) {
-                    Py_DECREF(to_flush);
-                    return NULL;
-                }
-                r = PyObject_CallMethodOneArg(SLOT(self, fp.c_loop), str_call_soon, cb);
-                Py_DECREF(cb);
-                if (r == NULL) {
-                    Py_DECREF(to_flush);
-                    return NULL;
-                }
-                Py_DECREF(r);
-            }
-            if (first < 0 || (PyList_CheckExact(to_flush) ? PyList_Append(to_flush, self)
-                              : -1) < 0) {
-                if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "_to_flush");
-                Py_DECREF(to_flush);
-                return NULL;
-            }
-            Py_DECREF(to_flush);
-        }
-    }
+    if (conn_cork(self, n + 2) < 0) return NULL; /* + header: never 0, even when empty */
     if (SLOT(self, fp.c_write_paused) == Py_True) {
         return PyObject_CallMethodNoArgs(self, str_drain);
     }
@@ -2238,21 +2247,24 @@ conn_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
 /* -- broadcast */
 
 PyDoc_STRVAR(broadcast_plain_doc,
-"broadcast_plain(connections, frame, deliver, failed, /) -> int\n\n"
-"The loop of shardws.asyncio.broadcast.broadcast(): write `frame` to every\n"
-"connection that is OPEN, not sending a fragmented message, not paused for\n"
-"writing, without compression and with nothing corked, and count it; pass\n"
-"every other connection to deliver(connection) -> 0 or 1 (the Python loop\n"
-"body), and a connection whose write raised to failed(connection, exc).\n"
-"Returns the number of connections written to.");
+"broadcast_plain(connections, frame, deliver, failed, epoch, /) -> int\n\n"
+"The loop of shardws.asyncio.broadcast.broadcast(): for every connection\n"
+"that is OPEN, not sending a fragmented message, not paused for writing and\n"
+"without compression, write `frame` and mark the connection with `epoch`\n"
+"(this loop iteration) -- or, when something of it already waits for the\n"
+"end of the iteration (corked bytes, or `epoch` already), queue the frame\n"
+"behind it and cork -- and count it; pass every other connection to\n"
+"deliver(connection) -> 0 or 1 (the Python loop body), and a connection\n"
+"whose write raised to failed(connection, exc). Returns the number of\n"
+"connections written to.");
 
 static PyObject *
 broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *it, *conn, *frame, *deliver, *failed;
+    PyObject *it, *conn, *frame, *deliver, *failed, *epoch;
     Py_ssize_t sent = 0;
 
-    if (check_nargs("broadcast_plain", nargs, 4, 4) < 0) return NULL;
+    if (check_nargs("broadcast_plain", nargs, 5, 5) < 0) return NULL;
     if (fp.conn_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "connection_fast_paths() was not called");
         return NULL;
@@ -2260,19 +2272,32 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     frame = args[1];
     deliver = args[2];
     failed = args[3];
+    epoch = args[4];
     it = PyObject_GetIter(args[0]);
     if (it == NULL) return NULL;
     while ((conn = PyIter_Next(it)) != NULL) {
-        PyObject *protocol, *transport, *corked, *r;
+        PyObject *protocol, *transport, *corked, *out, *r;
 
         if (conn_checked(conn)
             && (protocol = open_protocol(conn)) != NULL
             && SLOT(conn, fp.c_fragmented) == Py_None
             && SLOT(conn, fp.c_write_paused) == Py_False
             && SLOT(protocol, fp.p_share_key) == Py_None
-            && (corked = SLOT(conn, fp.c_corked)) == small_zero /* the int 0 */
+            && SLOT(protocol, fp.p_send_fragmented) == Py_False
+            && (corked = SLOT(conn, fp.c_corked)) != NULL && PyLong_CheckExact(corked)
+            && (out = SLOT(protocol, fp.p_out)) != NULL && PyList_CheckExact(out)
+            && PyBytes_CheckExact(frame)
             && (transport = SLOT(conn, fp.c_transport)) != NULL) {
-            r = conn_write(conn, transport, &frame, 1, NULL);
+            if (corked == small_zero /* the int 0 */ && SLOT(conn, fp.c_broadcast_epoch) != epoch) {
+                slot_set(conn, fp.c_broadcast_epoch, epoch);
+                r = conn_write(conn, transport, &frame, 1, NULL);
+            }
+            else if (PyList_Append(out, frame) < 0 || conn_cork(conn, PyBytes_GET_SIZE(frame)) < 0) {
+                r = NULL;
+            }
+            else {
+                r = Py_NewRef(Py_None);
+            }
             if (r != NULL) {
                 sent++;
             }

@@ -80,18 +80,19 @@ def test_payload_is_deterministic_text() -> None:
 
 
 def test_reference_servers_answer_the_generator(tmp_path: Path) -> None:
-    """bare-task echoes and bare-ws broadcasts: one short point each, any rate above 0."""
+    """bare-task echoes and bare-ws broadcasts (1 and 8 per round): one short point each,
+    any rate above 0."""
     import json
     import subprocess
 
     report = tmp_path / "bench.json"
     subprocess.run(
-        [sys.executable, str(_PATH), "--servers", "bare-task,bare-ws", "--tests", "rr32,broadcast",
+        [sys.executable, str(_PATH), "--servers", "bare-task,bare-ws", "--tests", "rr32,broadcast,broadcast8",
          "--modes", "plain", "--repeat", "1", "--seconds", "0.3", "--rounds", "3",
          "--json", str(report)],
         check=True, timeout=120, capture_output=True,
     )
     rows = json.loads(report.read_text())
     points = {(row["server"], row["test"]): row["value"] for row in rows["points"]}
-    assert set(points) == {("bare-task", "rr32"), ("bare-ws", "broadcast")}
+    assert set(points) == {("bare-task", "rr32"), ("bare-ws", "broadcast"), ("bare-ws", "broadcast8")}
     assert all(value > 0 for value in points.values())

@@ -17,10 +17,17 @@ otherwise                                 the frame is written (``sent``)
 Frames: every connection without compression gets the SAME bytes object;
 compressed connections whose ``frame_share_key`` are equal share one
 compressed frame; the others (context takeover) compress their own.
+
+Writes: the first broadcast of a loop iteration writes each frame at once;
+a frame for a connection that already has something waiting for the end of
+the iteration (what ``send()`` corked, or an earlier broadcast of the same
+iteration) joins it. N broadcasts in one iteration cost a connection at most
+two writes, in the order the messages were sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -124,11 +131,16 @@ class _Delivery:
                     cached = protocol.encode_message(self.opcode, self.payload)
                     self.shared[key] = cached
                 frame = cached
-            if connection._corked:
-                connection._flush()  # what send() held back goes first
-            # uvloop writes at once when the connection's buffer is empty:
-            # one syscall per delivery.
-            connection._transport.write(frame)
+            epoch = _epoch[0]
+            if connection._corked or connection._broadcast_epoch is epoch:
+                # Something waits for the end of this loop iteration already
+                # (what send() corked, or the first broadcast of the
+                # iteration went out): the frame joins it, one write.
+                protocol.queue_frame(frame)
+                connection._cork(len(frame))
+            else:
+                connection._broadcast_epoch = epoch
+                connection._transport.write(frame)
         except Exception as exc:
             self.failed(connection, exc)
             return 0
@@ -145,6 +157,34 @@ class _Delivery:
 
 
 _broadcast_plain = speedups.broadcast_plain if speedups.connection_fast_paths else None
+
+# The loop iteration, as an object: [the current epoch, the loop that will
+# end it]. The first broadcast() of an iteration writes each connection's
+# frame at once and marks the connection with the epoch; later broadcasts of
+# the same iteration cork theirs behind it, so N broadcasts in one iteration
+# cost each connection two writes, not N. The epoch only chooses between
+# writing now and corking: corked frames are flushed by the connection's own
+# server either way, so an epoch that ends early or late (another loop in
+# another thread, a loop closed before its callback ran) changes how writes
+# are grouped, never what is written.
+_epoch: list[Any] = [object(), None]
+
+
+def _next_epoch() -> None:
+    _epoch[0] = object()
+    _epoch[1] = None
+
+
+def _advance_epoch() -> None:
+    """Called by every broadcast(): make sure this iteration's epoch ends with it."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # outside a loop: nothing to group with
+        _next_epoch()
+        return
+    if _epoch[1] is not loop:
+        loop.call_soon(_next_epoch)
+        _epoch[1] = loop
 
 
 def broadcast(
@@ -174,10 +214,14 @@ def broadcast(
 
     plain = serialize_final_frame(opcode, payload)  # the one uncompressed frame
     delivery = _Delivery(opcode, payload, plain, raise_exceptions)
+    _advance_epoch()
     if _broadcast_plain is not None:
-        # The C loop writes ``plain`` itself where deliver() would do only
-        # that, and calls deliver() (or failed()) for every other connection.
-        sent = _broadcast_plain(connections, plain, delivery.deliver, delivery.failed)
+        # The C loop writes (or corks) ``plain`` itself where deliver() would
+        # do only that, and calls deliver() (or failed()) for every other
+        # connection.
+        sent = _broadcast_plain(
+            connections, plain, delivery.deliver, delivery.failed, _epoch[0]
+        )
     else:
         sent = 0
         for connection in connections:

@@ -46,7 +46,6 @@ import email.utils
 import inspect
 import logging
 import os
-import socket
 import sys
 import time
 import uuid
@@ -91,14 +90,15 @@ _SelectorSocketTransport: type = asyncio.selector_events._SelectorSocketTranspor
 
 # Only the C _flush and broadcast() write to the socket (speedups loaded).
 DIRECT_WRITES = speedups.connection_fast_paths is not None
-# Transport classes over a plain socket (no TLS, no pipe): the default
-# loop's, and uvloop's TCP and Unix ones, recognised by name so that
-# importing shardws does not import uvloop.
+# Transport classes over a plain stream socket (no TLS, no pipe): the
+# default loop's, and uvloop's TCP and Unix ones, recognised by name so that
+# importing shardws does not import uvloop. {class: whether it is one}
 _PLAIN_TRANSPORTS = {
     ("asyncio.selector_events", "_SelectorSocketTransport"),
     ("uvloop.loop", "TCPTransport"),
     ("uvloop.loop", "UnixTransport"),
 }
+_plain_transport_classes: dict[type, bool] = {}
 
 
 def _plain_socket_fd(transport: Any) -> int:
@@ -109,10 +109,13 @@ def _plain_socket_fd(transport: Any) -> int:
     order); what the kernel does not take goes to the transport.
     """
     cls = type(transport)
-    if (cls.__module__, cls.__name__) not in _PLAIN_TRANSPORTS:
+    plain = _plain_transport_classes.get(cls)
+    if plain is None:
+        plain = _plain_transport_classes[cls] = (cls.__module__, cls.__name__) in _PLAIN_TRANSPORTS
+    if not plain:
         return -1
     sock = transport.get_extra_info("socket")
-    if sock is None or sock.type != socket.SOCK_STREAM:
+    if sock is None:
         return -1
     fd: int = sock.fileno()
     return fd
@@ -146,6 +149,7 @@ class ServerConnection(asyncio.Protocol):
         "_write_limit",
         "_cork_limit",
         "_flush_scheduled",
+        "_broadcast_epoch",
         "_join_writes",
         "_sock_fd",
         "_loop",
@@ -221,6 +225,9 @@ class ServerConnection(asyncio.Protocol):
         self._cork_limit = CORK_LIMIT
         self._write_limit = options.write_limits[0]
         self._flush_scheduled = False
+        # the loop iteration (broadcast._epoch) of the last broadcast written
+        # to this connection: a second one in that iteration is corked
+        self._broadcast_epoch: object = None
         self._join_writes = False  # see connection_made()
         self._sock_fd = -1  # see connection_made()
         # sending a fragmented message: other senders wait on this future
@@ -729,8 +736,15 @@ class ServerConnection(asyncio.Protocol):
         else:
             raise TypeError("data must be str, bytes, iterable, or async iterable")
         _registry_stats.messages_out += 1
-        # Corking (see Server._flush_corked): this is the hot path of every send().
-        corked = self._corked + size + 2  # + header: never 0, even for an empty message
+        self._cork(size + 2)  # + header: never 0, even for an empty message
+        if self._write_paused:
+            await self._drain()
+
+    def _cork(self, size: int) -> None:
+        """Count ``size`` more bytes queued in the protocol (corking, see
+        Server._flush_corked): written at the end of this loop iteration, or
+        at once past ``_cork_limit``."""
+        corked = self._corked + size
         if corked >= self._cork_limit:
             self._flush()
         else:
@@ -741,8 +755,6 @@ class ServerConnection(asyncio.Protocol):
                 if not to_flush:
                     self._loop.call_soon(self._server._flush_corked)
                 to_flush.append(self)
-        if self._write_paused:
-            await self._drain()
 
     async def _send_fragments(self, fragments: Any, text: bool | None) -> None:
         """Send the items of an iterator or async iterator as one fragmented message."""

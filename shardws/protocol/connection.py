@@ -764,3 +764,13 @@ class Connection:
         if self._ext is None:
             return self._frame(opcode, data)
         return self._frame(opcode, self._ext.compress(data, True), True, True)
+
+    def queue_frame(self, frame: bytes) -> None:
+        """Queue ``frame``, a whole message from :meth:`encode_message` (or
+        one uncompressed frame shared by many connections), for
+        :meth:`data_to_send`. Raises :class:`InvalidState` unless OPEN and
+        :class:`LocalProtocolError` during a fragmented send."""
+        self._check_open()
+        if self._send_fragmented:
+            raise LocalProtocolError("cannot queue a message inside a fragmented message")
+        self._out.append(frame)

@@ -4,6 +4,7 @@ write, in order with pongs, close frames and broadcasts; memory stays bounded.""
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import pytest
@@ -151,3 +152,83 @@ async def test_nothing_is_written_once_the_transport_is_closing(start_server: St
     await wait_until(lambda: not connection._flush_scheduled)
     assert spy.calls == []
     await client.aclose()
+
+
+# ------------------------------------------------------------ broadcasts
+
+
+async def open_many(
+    start_server: StartServer, count: int, **options: Any
+) -> tuple[list[RawClient], list[shardws.ServerConnection]]:
+    acc = Accepted()
+    server = await start_server(acc.handler, compression=None, **options)
+    clients = [await RawClient.connect(port_of(server)) for _ in range(count)]
+    return clients, [await acc.next() for _ in clients]
+
+
+async def test_broadcasts_of_one_loop_iteration_cost_two_writes(start_server: StartServer) -> None:
+    clients, connections = await open_many(start_server, 3)
+    spies = [WriteSpy(connection) for connection in connections]
+    shardws.broadcast_stats.reset()
+    texts = ["a", "b", "c", "d"]
+    for text in texts:
+        shardws.broadcast(connections, text)
+    # the first broadcast went out at once; the others wait for the loop
+    assert [len(spy.calls) for spy in spies] == [1, 1, 1]
+    for client in clients:
+        assert await events(client, len(texts)) == texts
+    frames = [spy.calls for spy in spies]
+    assert frames[0] == frames[1] == frames[2]
+    assert frames[0] == [b"\x81\x01a", b"\x81\x01b\x81\x01c\x81\x01d"]
+    assert shardws.broadcast_stats.sent == len(texts) * len(connections)
+    # a later loop iteration: written at once again
+    shardws.broadcast(connections, "e")
+    assert [len(spy.calls) for spy in spies] == [3, 3, 3]
+    for client in clients:
+        assert await events(client, 1) == ["e"]
+        await client.aclose()
+
+
+async def test_a_broadcast_joins_what_send_corked(start_server: StartServer) -> None:
+    clients, connections = await open_many(start_server, 2)
+    spies = [WriteSpy(connection) for connection in connections]
+    await connections[0].send("sent")
+    shardws.broadcast(connections, "broadcast")
+    assert [len(spy.calls) for spy in spies] == [0, 1]  # the first waits with its send()
+    assert await events(clients[0], 2) == ["sent", "broadcast"]
+    assert await events(clients[1], 1) == ["broadcast"]
+    assert spies[0].calls == [b"\x81\x04sent\x81\x09broadcast"]
+    for client in clients:
+        await client.aclose()
+
+
+async def test_corked_broadcasts_stay_under_the_cork_limit(start_server: StartServer) -> None:
+    clients, connections = await open_many(start_server, 2, write_limit=2**22)
+    spies = [WriteSpy(connection) for connection in connections]
+    chunk = b"y" * 4096
+    count = 3 * CORK_LIMIT // len(chunk)
+    for _ in range(count):
+        shardws.broadcast(connections, chunk)
+        assert all(connection._corked < CORK_LIMIT for connection in connections)
+    assert all(len(spy.calls) >= 3 for spy in spies)  # written before the loop turned
+    for client in clients:
+        assert await events(client, count) == [chunk] * count
+        await client.aclose()
+
+
+async def test_an_epoch_left_by_another_loop_does_not_stop_the_grouping(
+    start_server: StartServer,
+) -> None:
+    # as if a loop had closed before the callback that ends its epoch ran
+    # (the module, not the function shardws.asyncio re-exports under its name)
+    sys.modules["shardws.asyncio.broadcast"]._epoch[1] = object()
+    clients, connections = await open_many(start_server, 1)
+    spy = WriteSpy(connections[0])
+    shardws.broadcast(connections, "one")
+    shardws.broadcast(connections, "two")
+    assert await events(clients[0], 2) == ["one", "two"]
+    assert len(spy.calls) == 2
+    shardws.broadcast(connections, "three")  # the epoch moved on with this loop
+    assert len(spy.calls) == 3
+    assert await events(clients[0], 1) == ["three"]
+    await clients[0].aclose()

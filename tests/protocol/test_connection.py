@@ -772,6 +772,23 @@ def test_encode_message() -> None:
     assert Connection().receive_data(cli.encode_message(OP_BINARY, b"m")) == [b"m"]
 
 
+def test_queue_frame() -> None:
+    conn = Connection()
+    conn.send_text("first")
+    frame = conn.encode_message(OP_TEXT, "shared")
+    conn.queue_frame(frame)
+    out = conn.data_to_send()
+    assert out == [serialize_frame(OP_TEXT, b"first"), serialize_frame(OP_TEXT, b"shared")]
+    assert out[1] is frame  # queued as is, after what was there
+    conn.send_text("frag", fin=False)
+    with pytest.raises(LocalProtocolError):
+        conn.queue_frame(frame)  # not inside a fragmented message
+    closed = Connection()
+    closed.send_close(1000)
+    with pytest.raises(InvalidState):
+        closed.queue_frame(frame)
+
+
 def test_frame_share_key() -> None:
     def ext(no_takeover: bool) -> PerMessageDeflate:
         return PerMessageDeflate(False, no_takeover, 15, 15)
