@@ -954,6 +954,8 @@ def applies(server: str, test: str, deflate: bool) -> bool:
         return test not in BROADCAST_TESTS and test != "idle_rss"
     if server == "bare-ws":
         return test in BROADCAST_TESTS and not deflate
+    if test == "broadcast8" and deflate:  # broadcast +deflate already shows compression's cost
+        return False
     _, _, speaks_deflate, websocket = SERVERS[server]
     if deflate and not speaks_deflate:
         return False
