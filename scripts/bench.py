@@ -1060,8 +1060,8 @@ def table(points: list[dict[str, Any]], cfg: argparse.Namespace, cpus: tuple[int
     med = medians(points)
     gen, srv = medians(points, "generator_cpu"), medians(points, "server_cpu")
     modes = [m for m in (False, True) if m in cfg.modes]
-    rows = [(t, d) for d in modes for t in cfg.tests]
     names = cfg.servers
+    rows = [(t, d) for d in modes for t in cfg.tests if any(applies(s, t, d) for s in names)]
     pinned = f"server pinned to CPU {cpus[0]}" + "".join(
         f" ({s}: supervisor and workers not pinned)" for s in names if s.startswith("shardws-w"))
     lines = [
