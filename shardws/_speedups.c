@@ -1620,12 +1620,21 @@ conn_write(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssiz
         if (n == 1) return PyObject_CallMethodOneArg(transport, str_write, chunks[0]);
         return PyObject_CallMethodOneArg(transport, str_writelines, list);
     }
-    /* a partial send: the transport takes the rest */
+    /* a partial send: the transport takes the rest (a big tail as a view
+     * of the chunk, not a copy) */
     for (i = 0; sent >= PyBytes_GET_SIZE(chunks[i]); i++) sent -= PyBytes_GET_SIZE(chunks[i]);
     rest = PyList_New(n - i);
     if (rest == NULL) return NULL;
-    PyList_SET_ITEM(rest, 0, PyBytes_FromStringAndSize(
-        PyBytes_AS_STRING(chunks[i]) + sent, PyBytes_GET_SIZE(chunks[i]) - sent));
+    if (PyBytes_GET_SIZE(chunks[i]) - sent < 65536) {
+        PyList_SET_ITEM(rest, 0, PyBytes_FromStringAndSize(
+            PyBytes_AS_STRING(chunks[i]) + sent, PyBytes_GET_SIZE(chunks[i]) - sent));
+    }
+    else {
+        PyObject *view = PyMemoryView_FromObject(chunks[i]);
+        PyList_SET_ITEM(rest, 0, view == NULL ? NULL : PySequence_GetSlice(
+            view, sent, PyBytes_GET_SIZE(chunks[i])));
+        Py_XDECREF(view);
+    }
     if (PyList_GET_ITEM(rest, 0) == NULL) {
         Py_DECREF(rest);
         return NULL;

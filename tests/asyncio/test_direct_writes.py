@@ -126,11 +126,15 @@ async def test_send_and_broadcast_skip_the_transport(start_server: StartServer) 
         await client.aclose()
 
 
-async def socket_client(port: int) -> tuple[socket.socket, Connection, list[Any]]:
+async def socket_client(
+    port: int, rcvbuf: int | None = None
+) -> tuple[socket.socket, Connection, list[Any]]:
     """A WebSocket client on a bare non-blocking socket: the test reads it
     without giving the loop a turn."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
+    if rcvbuf is not None:  # a fixed receive window: no autotuning
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setblocking(False)
     await loop.sock_connect(sock, ("127.0.0.1", port))
     request = (
@@ -188,6 +192,31 @@ async def test_order_is_kept_when_the_transport_holds_data(start_server: StartSe
         assert chunk, "the server closed the connection"
         events += protocol.receive_data(chunk)
     assert events == messages
+    sock.close()
+
+
+@pytest.mark.both_loops
+async def test_a_big_message_the_kernel_takes_in_part_arrives_whole(
+    start_server: StartServer,
+) -> None:
+    acc = Accepted()
+    server = await start_server(acc.handler, compression=None, max_size=None, write_limit=2**24)
+    sock, protocol, events = await socket_client(port_of(server), rcvbuf=2**16)
+    connection = await acc.next()
+    connection._transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 2**16
+    )
+    message = bytes(range(256)) * 2**14  # 4 MiB: the kernel takes a few hundred KiB
+    await connection.send(message)
+    connection._flush()
+    # the rest (a view of the message, not a copy) waits in the transport
+    assert connection._transport.get_write_buffer_size() > 2**20
+    loop = asyncio.get_running_loop()
+    while not events:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 2**20), 5)
+        assert chunk, "the server closed the connection"
+        events += protocol.receive_data(chunk)
+    assert events == [message]
     sock.close()
 
 
