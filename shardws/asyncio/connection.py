@@ -119,6 +119,8 @@ def _plain_socket_fd(transport: Any) -> int:
         return -1
     fd: int = sock.fileno()
     return fd
+
+
 _OPEN = State.OPEN
 
 
