@@ -11,6 +11,8 @@ import uvloop
 
 import shardws
 
+from .rawclient import RawClient
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -84,3 +86,15 @@ async def accepted(start_server: StartServer) -> Accepted:
     acc = Accepted()
     acc.server = await start_server(acc.handler)
     return acc
+
+
+async def open_raw(
+    start_server: StartServer, count: int = 1, **options: Any
+) -> tuple[list[RawClient], list[shardws.ServerConnection]]:
+    """``count`` RawClients on a new server (no compression unless ``options``
+    say so) and the server's connections, in the same order."""
+    acc = Accepted()
+    options.setdefault("compression", None)
+    server = await start_server(acc.handler, **options)
+    clients = [await RawClient.connect(port_of(server)) for _ in range(count)]
+    return clients, [await acc.next() for _ in clients]

@@ -14,7 +14,7 @@ from shardws.asyncio.connection import CORK_LIMIT
 from shardws.protocol.connection import Ping, Pong
 from shardws.protocol.frames import Close
 
-from .conftest import Accepted, StartServer, port_of, wait_until
+from .conftest import StartServer, open_raw, wait_until
 from .rawclient import RawClient
 
 
@@ -49,10 +49,8 @@ class WriteSpy:
 
 
 async def open_one(start_server: StartServer, **options: Any) -> tuple[RawClient, shardws.ServerConnection]:
-    acc = Accepted()
-    server = await start_server(acc.handler, compression=None, **options)
-    client = await RawClient.connect(port_of(server))
-    return client, await acc.next()
+    [client], [connection] = await open_raw(start_server, **options)
+    return client, connection
 
 
 async def events(client: RawClient, count: int) -> list[Any]:
@@ -157,17 +155,8 @@ async def test_nothing_is_written_once_the_transport_is_closing(start_server: St
 # ------------------------------------------------------------ broadcasts
 
 
-async def open_many(
-    start_server: StartServer, count: int, **options: Any
-) -> tuple[list[RawClient], list[shardws.ServerConnection]]:
-    acc = Accepted()
-    server = await start_server(acc.handler, compression=None, **options)
-    clients = [await RawClient.connect(port_of(server)) for _ in range(count)]
-    return clients, [await acc.next() for _ in clients]
-
-
 async def test_broadcasts_of_one_loop_iteration_cost_two_writes(start_server: StartServer) -> None:
-    clients, connections = await open_many(start_server, 3)
+    clients, connections = await open_raw(start_server, 3)
     spies = [WriteSpy(connection) for connection in connections]
     shardws.broadcast_stats.reset()
     texts = ["a", "b", "c", "d"]
@@ -190,7 +179,7 @@ async def test_broadcasts_of_one_loop_iteration_cost_two_writes(start_server: St
 
 
 async def test_a_broadcast_joins_what_send_corked(start_server: StartServer) -> None:
-    clients, connections = await open_many(start_server, 2)
+    clients, connections = await open_raw(start_server, 2)
     spies = [WriteSpy(connection) for connection in connections]
     await connections[0].send("sent")
     shardws.broadcast(connections, "broadcast")
@@ -203,7 +192,7 @@ async def test_a_broadcast_joins_what_send_corked(start_server: StartServer) -> 
 
 
 async def test_corked_broadcasts_stay_under_the_cork_limit(start_server: StartServer) -> None:
-    clients, connections = await open_many(start_server, 2, write_limit=2**22)
+    clients, connections = await open_raw(start_server, 2, write_limit=2**22)
     spies = [WriteSpy(connection) for connection in connections]
     chunk = b"y" * 4096
     count = 3 * CORK_LIMIT // len(chunk)
@@ -222,7 +211,7 @@ async def test_an_epoch_left_by_another_loop_does_not_stop_the_grouping(
     # as if a loop had closed before the callback that ends its epoch ran
     # (the module, not the function shardws.asyncio re-exports under its name)
     sys.modules["shardws.asyncio.broadcast"]._epoch[1] = object()
-    clients, connections = await open_many(start_server, 1)
+    clients, connections = await open_raw(start_server, 1)
     spy = WriteSpy(connections[0])
     shardws.broadcast(connections, "one")
     shardws.broadcast(connections, "two")

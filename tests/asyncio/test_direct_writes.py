@@ -21,8 +21,7 @@ import shardws
 from shardws import speedups
 from shardws.protocol.connection import Connection, Side, State
 
-from .conftest import Accepted, StartServer, port_of, uri
-from .rawclient import RawClient
+from .conftest import Accepted, StartServer, open_raw, port_of, uri
 
 DIRECT = speedups.connection_fast_paths is not None
 
@@ -55,10 +54,7 @@ class TransportCalls:
 async def test_a_tcp_connection_sends_on_its_socket_until_it_is_lost(
     start_server: StartServer,
 ) -> None:
-    acc = Accepted()
-    server = await start_server(acc.handler, compression=None)
-    client = await RawClient.connect(port_of(server))
-    connection = await acc.next()
+    [client], [connection] = await open_raw(start_server)
     assert connection._sock_fd == (socket_fd(connection) if DIRECT else -1)
     await connection.send("over the socket")
     assert await client.next_event() == "over the socket"
@@ -108,10 +104,7 @@ async def test_tls_connections_write_through_their_transport() -> None:
 
 async def test_send_and_broadcast_skip_the_transport(start_server: StartServer) -> None:
     # default loop only: uvloop's transport methods cannot be replaced
-    acc = Accepted()
-    server = await start_server(acc.handler, compression=None)
-    clients = [await RawClient.connect(port_of(server)) for _ in range(3)]
-    connections = [await acc.next() for _ in clients]
+    clients, connections = await open_raw(start_server, 3)
     spies = [TransportCalls(connection) for connection in connections]
     await connections[0].send("one")
     await connections[0].send(b"two")  # corked with "one": one sendmsg()
@@ -151,6 +144,18 @@ async def socket_client(
     return sock, protocol, events
 
 
+async def read_events(
+    sock: socket.socket, protocol: Connection, events: list[Any], count: int
+) -> list[Any]:
+    """Read ``sock`` on the loop until ``events`` holds ``count`` events."""
+    loop = asyncio.get_running_loop()
+    while len(events) < count:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 2**20), 5)
+        assert chunk, "the server closed the connection"
+        events += protocol.receive_data(chunk)
+    return events
+
+
 @pytest.mark.both_loops
 async def test_order_is_kept_when_the_transport_holds_data(start_server: StartServer) -> None:
     acc = Accepted()
@@ -185,13 +190,8 @@ async def test_order_is_kept_when_the_transport_holds_data(start_server: StartSe
         await connection.send(text)
     connection._flush()
     messages += small
-    loop = asyncio.get_running_loop()
     events += protocol.receive_data(bytes(data))
-    while len(events) < len(messages):
-        chunk = await asyncio.wait_for(loop.sock_recv(sock, 2**20), 5)
-        assert chunk, "the server closed the connection"
-        events += protocol.receive_data(chunk)
-    assert events == messages
+    assert await read_events(sock, protocol, events, len(messages)) == messages
     sock.close()
 
 
@@ -211,12 +211,7 @@ async def test_a_big_message_the_kernel_takes_in_part_arrives_whole(
     connection._flush()
     # the rest (a view of the message, not a copy) waits in the transport
     assert connection._transport.get_write_buffer_size() > 2**20
-    loop = asyncio.get_running_loop()
-    while not events:
-        chunk = await asyncio.wait_for(loop.sock_recv(sock, 2**20), 5)
-        assert chunk, "the server closed the connection"
-        events += protocol.receive_data(chunk)
-    assert events == [message]
+    assert await read_events(sock, protocol, events, 1) == [message]
     sock.close()
 
 
@@ -224,10 +219,7 @@ async def test_a_big_message_the_kernel_takes_in_part_arrives_whole(
 async def test_nothing_goes_out_once_the_transport_is_closing(
     start_server: StartServer,
 ) -> None:
-    acc = Accepted()
-    server = await start_server(acc.handler, compression=None)
-    client = await RawClient.connect(port_of(server))
-    connection = await acc.next()
+    [client], [connection] = await open_raw(start_server)
     await connection.send("before")
     connection._flush()
     connection._transport.close()
@@ -242,10 +234,7 @@ async def test_nothing_goes_out_once_the_transport_is_closing(
 async def test_a_reset_peer_is_reported_through_the_transport(
     start_server: StartServer,
 ) -> None:
-    acc = Accepted()
-    server = await start_server(acc.handler, compression=None)
-    client = await RawClient.connect(port_of(server))
-    connection = await acc.next()
+    [client], [connection] = await open_raw(start_server)
     sock = client.writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.writer.transport.abort()  # RST
