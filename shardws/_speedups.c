@@ -1572,6 +1572,25 @@ direct_fd(PyObject *conn, PyObject *transport)
 #endif
 }
 
+/* transport.writelines(chunks), or transport.write(b"".join(chunks)) on a
+ * connection whose _join_writes is set (see connection_made()). */
+static PyObject *
+write_chunks(PyObject *conn, PyObject *transport, PyObject *chunks)
+{
+    PyObject *joined, *r;
+
+    if (SLOT(conn, fp.c_join_writes) == Py_False) {
+        return PyObject_CallMethodOneArg(transport, str_writelines, chunks);
+    }
+    joined = PyBytes_FromStringAndSize(NULL, 0);
+    if (joined == NULL) return NULL;
+    Py_SETREF(joined, PyObject_CallMethod(joined, "join", "O", chunks));
+    if (joined == NULL) return NULL;
+    r = PyObject_CallMethodOneArg(transport, str_write, joined);
+    Py_DECREF(joined);
+    return r;
+}
+
 /* Write the bytes objects chunks[0..n) (`list` holds them when n > 1):
  * directly while direct_fd() allows, the rest through the transport. */
 static PyObject *
@@ -1618,7 +1637,7 @@ conn_write(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssiz
 #endif
     if (sent == 0) {
         if (n == 1) return PyObject_CallMethodOneArg(transport, str_write, chunks[0]);
-        return PyObject_CallMethodOneArg(transport, str_writelines, list);
+        return write_chunks(conn, transport, list);
     }
     /* a partial send: the transport takes the rest (a big tail as a view
      * of the chunk, not a copy) */
@@ -1641,7 +1660,7 @@ conn_write(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssiz
     }
     for (Py_ssize_t j = i + 1; j < n; j++) PyList_SET_ITEM(rest, j - i, Py_NewRef(chunks[j]));
     if (n - i == 1) r = PyObject_CallMethodOneArg(transport, str_write, PyList_GET_ITEM(rest, 0));
-    else r = PyObject_CallMethodOneArg(transport, str_writelines, rest);
+    else r = write_chunks(conn, transport, rest);
     Py_DECREF(rest);
     return r;
 }
@@ -1658,7 +1677,8 @@ conn_flush(PyObject *self, PyObject *unused)
     out = SLOT(protocol, fp.p_out);
     transport = SLOT(self, fp.c_transport);
     if (out == NULL || !PyList_CheckExact(out) || transport == NULL) goto slow;
-    if (SLOT(self, fp.c_join_writes) != Py_False) goto slow;
+    if (SLOT(self, fp.c_join_writes) != Py_False && SLOT(self, fp.c_join_writes) != Py_True)
+        goto slow;
     if (slot_set_new(self, fp.c_corked, PyLong_FromLong(0)) < 0) return NULL;
     if (PyList_GET_SIZE(out)) {
         /* Connection.data_to_send */
