@@ -16,8 +16,8 @@
  *       -> (int, (str, str, str), list[tuple[str, str]], dict) | None
  *
  * The server's fast paths at the end (connection_fast_paths, broadcast_plain)
- * have no twin there: the Python methods of ServerConnection, Server and
- * broadcast() they stand in for are their specification, and they call those
+ * have no twin there: the Python methods of ServerConnection and broadcast()
+ * they stand in for are their specification, and they call those
  * methods for every case they do not take (docs/internals.md).
  *
  * RFC 6455 section 5.3: "octet i of the transformed data
@@ -1067,8 +1067,8 @@ error:
 
 /* ------------------------------------------- ServerConnection fast paths */
 
-/* C versions of the hot methods of shardws.asyncio.connection.ServerConnection
- * (and Server._flush_corked), bound by connection_fast_paths(). They read and
+/* C versions of the hot methods of shardws.asyncio.connection.ServerConnection,
+ * bound by connection_fast_paths(). They read and
  * write the instances' __slots__ directly, at the offsets of the slot
  * descriptors, and only take the common case: a whole uncompressed message
  * received on an OPEN connection, a str or bytes sent on one. Anything else
@@ -2292,6 +2292,7 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *it, *conn, *frame, *deliver, *failed, *epoch;
     Py_ssize_t sent = 0;
+    int shared_bytes;
 
     if (check_nargs("broadcast_plain", nargs, 5, 5) < 0) return NULL;
     if (fp.conn_type == NULL) {
@@ -2302,12 +2303,13 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     deliver = args[2];
     failed = args[3];
     epoch = args[4];
+    shared_bytes = PyBytes_CheckExact(frame); /* else deliver() takes every connection */
     it = PyObject_GetIter(args[0]);
     if (it == NULL) return NULL;
     while ((conn = PyIter_Next(it)) != NULL) {
         PyObject *protocol, *transport, *corked, *out, *r;
 
-        if (conn_checked(conn)
+        if (shared_bytes && conn_checked(conn)
             && (protocol = open_protocol(conn)) != NULL
             && SLOT(conn, fp.c_fragmented) == Py_None
             && SLOT(conn, fp.c_write_paused) == Py_False
@@ -2315,7 +2317,6 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             && SLOT(protocol, fp.p_send_fragmented) == Py_False
             && (corked = SLOT(conn, fp.c_corked)) != NULL && PyLong_CheckExact(corked)
             && (out = SLOT(protocol, fp.p_out)) != NULL && PyList_CheckExact(out)
-            && PyBytes_CheckExact(frame)
             && (transport = SLOT(conn, fp.c_transport)) != NULL) {
             if (corked == small_zero /* the int 0 */ && SLOT(conn, fp.c_broadcast_epoch) != epoch) {
                 slot_set(conn, fp.c_broadcast_epoch, epoch);

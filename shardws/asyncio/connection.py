@@ -92,13 +92,12 @@ _SelectorSocketTransport: type = asyncio.selector_events._SelectorSocketTranspor
 DIRECT_WRITES = speedups.connection_fast_paths is not None
 # Transport classes over a plain stream socket (no TLS, no pipe): the
 # default loop's, and uvloop's TCP and Unix ones, recognised by name so that
-# importing shardws does not import uvloop. {class: whether it is one}
+# importing shardws does not import uvloop.
 _PLAIN_TRANSPORTS = {
     ("asyncio.selector_events", "_SelectorSocketTransport"),
     ("uvloop.loop", "TCPTransport"),
     ("uvloop.loop", "UnixTransport"),
 }
-_plain_transport_classes: dict[type, bool] = {}
 
 
 def _plain_socket_fd(transport: Any) -> int:
@@ -109,10 +108,7 @@ def _plain_socket_fd(transport: Any) -> int:
     order); what the kernel does not take goes to the transport.
     """
     cls = type(transport)
-    plain = _plain_transport_classes.get(cls)
-    if plain is None:
-        plain = _plain_transport_classes[cls] = (cls.__module__, cls.__name__) in _PLAIN_TRANSPORTS
-    if not plain:
+    if (cls.__module__, cls.__name__) not in _PLAIN_TRANSPORTS:
         return -1
     sock = transport.get_extra_info("socket")
     if sock is None:

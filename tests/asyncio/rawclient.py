@@ -13,6 +13,23 @@ from typing import Any
 from shardws.protocol.connection import Connection, Side, State
 
 
+def upgrade_request(
+    port: int, path: str = "/", headers: list[tuple[str, str]] | None = None
+) -> bytes:
+    """A WebSocket upgrade request to 127.0.0.1:``port`` with a fresh key."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    lines += [f"{name}: {value}" for name, value in headers or []]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 class RawClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -29,17 +46,7 @@ class RawClient:
     ) -> RawClient:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         client = cls(reader, writer)
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            f"GET {path} HTTP/1.1",
-            f"Host: 127.0.0.1:{port}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-        ]
-        lines += [f"{name}: {value}" for name, value in headers or []]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        writer.write(upgrade_request(port, path, headers))
         client.head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         client.status = int(client.head.split(b" ", 2)[1])
         return client

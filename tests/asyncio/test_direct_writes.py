@@ -22,6 +22,7 @@ from shardws import speedups
 from shardws.protocol.connection import Connection, Side, State
 
 from .conftest import Accepted, StartServer, open_raw, port_of, uri
+from .rawclient import upgrade_request
 
 DIRECT = speedups.connection_fast_paths is not None
 
@@ -130,12 +131,7 @@ async def socket_client(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setblocking(False)
     await loop.sock_connect(sock, ("127.0.0.1", port))
-    request = (
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await loop.sock_sendall(sock, request.encode())
+    await loop.sock_sendall(sock, upgrade_request(port))
     head = b""
     while b"\r\n\r\n" not in head:
         head += await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)

@@ -121,6 +121,16 @@ async def result_of(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+async def fails_after(
+    client: RawClient, connection: ServerConnection, expected: list[Any], code: int
+) -> None:
+    """recv() gives ``expected``, then raises ConnectionClosed; the client gets close ``code``."""
+    assert await recv_all(connection, len(expected)) == expected
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(connection.recv(), 5)
+    assert (await close_frame(client)).code == code
+
+
 async def close_frame(client: RawClient) -> Close:
     """The server's close frame, past any message or pong before it."""
     while True:
@@ -337,20 +347,14 @@ async def test_protocol_errors(
 ) -> None:
     client, connection = await open_one(**options)
     connection.data_received(data)
-    assert await recv_all(connection, len(expected)) == expected
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(connection.recv(), 5)
-    assert (await close_frame(client)).code == code
+    await fails_after(client, connection, expected, code)
     await asyncio.wait_for(connection.wait_closed(), 5)
 
 
 async def test_invalid_utf8_over_a_socket(path: str, open_one: OpenOne) -> None:
     client, connection = await open_one()
     client.writer.write(text("one") + text(INVALID_UTF8) + text("three"))
-    assert await recv_all(connection, 1) == ["one"]
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(connection.recv(), 5)
-    assert (await close_frame(client)).code == 1007
+    await fails_after(client, connection, ["one"], 1007)
 
 
 async def test_a_read_after_a_held_back_failure_is_ignored(path: str, open_one: OpenOne) -> None:
@@ -358,10 +362,7 @@ async def test_a_read_after_a_held_back_failure_is_ignored(path: str, open_one: 
     client, connection = await open_one()
     connection.data_received(text("ok") + text(b"\xff"))
     connection.data_received(text("late") + binary(b"late"))
-    assert await recv_all(connection, 1) == ["ok"]
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(connection.recv(), 5)
-    assert (await close_frame(client)).code == 1007
+    await fails_after(client, connection, ["ok"], 1007)
 
 
 async def test_a_read_wakes_a_waiting_recv(path: str, open_one: OpenOne) -> None:

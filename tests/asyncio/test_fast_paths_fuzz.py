@@ -13,7 +13,6 @@ records writes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import random
 from collections.abc import Callable
@@ -27,12 +26,9 @@ from shardws.asyncio.server import FAST_METHODS, Server
 from tests.protocol.wire import MASK, raw
 
 from .conftest import StartServer
+from .rawclient import upgrade_request
 
-REQUEST = (
-    "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    f"Sec-WebSocket-Key: {base64.b64encode(b'fuzzing-the-key!').decode()}\r\n"
-    "Sec-WebSocket-Version: 13\r\n\r\n"
-).encode()
+REQUEST = upgrade_request(80)
 
 
 class RecordingTransport:
