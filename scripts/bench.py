@@ -1098,7 +1098,7 @@ def table(points: list[dict[str, Any]], cfg: argparse.Namespace, cpus: tuple[int
         cells = [f"{gen[t, d, s]:.0f} / {srv[t, d, s]:.0f}" if (t, d, s) in gen else "-"
                  for s in names]
         lines.append(f"| {label(t, d)} | " + " | ".join(cells) + " |")
-    lines += acceptance(med)
+    lines += acceptance(med, points)
     measured = [p for p in points if p.get("others_cpu")]
     disturbed = [p for p in measured if max(p["others_cpu"]) > 20]
     if measured:
@@ -1120,8 +1120,20 @@ ACCEPTANCE = [
 ]
 
 
-def acceptance(med: dict[tuple[str, bool, str], float]) -> list[str]:
-    """The issue's targets for shardws, met or not, from the medians of this run."""
+def pass_ratios(points: list[dict[str, Any]], test: str, deflate: bool, peer: str) -> list[float]:
+    """shardws / ``peer`` in each pass that measured both (a pass restarts every server)."""
+    rates: dict[tuple[int, str], float] = {}
+    for p in points:
+        if p["test"] == test and p["deflate"] == deflate and p.get("value") is not None:
+            rates[p["pass"], p["server"]] = p["value"]
+    return [rates[n, "shardws"] / rates[n, peer] for n in sorted({n for n, _ in rates})
+            if (n, "shardws") in rates and rates.get((n, peer))]
+
+
+def acceptance(med: dict[tuple[str, bool, str], float],
+               points: list[dict[str, Any]] | None = None) -> list[str]:
+    """The issue's targets for shardws, met or not, from the medians of this run; with
+    ``points``, also the pass-to-pass range of each ratio and in how many passes it was met."""
     lines = ["", "Targets (shardws, medians of this run):", ""]
     for test, deflate, peer, bound, at_least in ACCEPTANCE:
         ours = med.get((test, deflate, "shardws"))
@@ -1133,7 +1145,13 @@ def acceptance(med: dict[tuple[str, bool, str], float]) -> list[str]:
         what = f"{value:.2f}x {peer}" if peer else f"{value:.1f} KiB"
         want = (f"{'>=' if at_least else '<='} {bound:g}x" if peer
                 else f"{'>=' if at_least else '<='} {bound:g} KiB")
-        lines.append(f"- {label(test, deflate)}: {what} (target {want}): {'met' if met else 'MISSED'}")
+        line = f"- {label(test, deflate)}: {what} (target {want}): {'met' if met else 'MISSED'}"
+        ratios = pass_ratios(points, test, deflate, peer) if points and peer else []
+        if len(ratios) > 1:
+            hits = sum(r >= bound if at_least else r <= bound for r in ratios)
+            line += (f"; per pass {min(ratios):.2f}x to {max(ratios):.2f}x, "
+                     f"met in {hits} of {len(ratios)}")
+        lines.append(line)
     return lines if len(lines) > 3 else []
 
 

@@ -96,3 +96,35 @@ def test_reference_servers_answer_the_generator(tmp_path: Path) -> None:
     points = {(row["server"], row["test"]): row["value"] for row in rows["points"]}
     assert set(points) == {("bare-task", "rr32"), ("bare-ws", "broadcast"), ("bare-ws", "broadcast8")}
     assert all(value > 0 for value in points.values())
+
+
+def _point(n: int, server: str, value: float, test: str = "rr32") -> dict[str, object]:
+    return {"pass": n, "test": test, "deflate": False, "server": server, "value": value}
+
+
+def test_acceptance_reports_the_per_pass_range() -> None:
+    """The median decides met or missed; the range and the count come from each pass's own
+    pair, and a pass missing either server does not count."""
+    points = [
+        _point(1, "shardws", 90.0), _point(1, "picows", 100.0),
+        _point(2, "shardws", 120.0), _point(2, "picows", 100.0),
+        _point(3, "shardws", 105.0), _point(3, "picows", 100.0),
+        _point(4, "shardws", 105.0),  # its picows point failed
+    ]
+    med = bench.medians(points)
+    lines = bench.acceptance(med, points)
+    assert "- rr32: 1.05x picows (target >= 1x): met; per pass 0.90x to 1.20x, met in 2 of 3" in lines
+    assert bench.pass_ratios(points, "rr32", False, "picows") == [0.9, 1.2, 1.05]
+    # without the points (or with one pass) the line is the median's alone
+    assert "- rr32: 1.05x picows (target >= 1x): met" in bench.acceptance(med)
+    one = bench.acceptance(bench.medians(points[:2]), points[:2])
+    assert "- rr32: 0.90x picows (target >= 1x): MISSED" in one
+
+
+def test_acceptance_counts_upper_bounds_per_pass() -> None:
+    """idle_rss is 'at most' websockets': a pass meets it when shardws is lower."""
+    points = [_point(n, s, v, "idle_rss") for n, s, v in
+              [(1, "shardws", 7.0), (1, "websockets", 12.0), (2, "shardws", 13.0), (2, "websockets", 12.0)]]
+    lines = bench.acceptance(bench.medians(points), points)
+    assert any(line.startswith("- idle_rss: 0.83x websockets (target <= 1x): met; per pass 0.58x to 1.08x,"
+                               " met in 1 of 2") for line in lines), lines
