@@ -1538,9 +1538,10 @@ call_python_method(PyObject *name, PyObject *self, PyObject *const *args, Py_ssi
  * bytes keep their order: nothing is sent around a non-empty buffer. */
 #define MAX_DIRECT_CHUNKS 64
 
-/* The socket to send on, -1 to write through the transport, -2 on error. */
+/* The socket to send on, -1 to write through the transport, -2 on error.
+ * `open`: the caller has just seen transport.is_closing() return False. */
 static int
-direct_fd(PyObject *conn, PyObject *transport)
+direct_fd(PyObject *conn, PyObject *transport, int open)
 {
 #ifdef DIRECT_WRITES
     PyObject *v = SLOT(conn, fp.c_sock_fd);
@@ -1553,11 +1554,13 @@ direct_fd(PyObject *conn, PyObject *transport)
         if (fd == -1 && PyErr_Occurred()) return -2;
         return -1;
     }
-    v = PyObject_CallMethodNoArgs(transport, str_is_closing);
-    if (v == NULL) return -2;
-    closing = v != Py_False;
-    Py_DECREF(v);
-    if (closing) return -1;
+    if (!open) {
+        v = PyObject_CallMethodNoArgs(transport, str_is_closing);
+        if (v == NULL) return -2;
+        closing = v != Py_False;
+        Py_DECREF(v);
+        if (closing) return -1;
+    }
     v = PyObject_CallMethodNoArgs(transport, str_get_write_buffer_size);
     if (v == NULL) return -2;
     size = PyLong_CheckExact(v) ? PyLong_AsSsize_t(v) : -1;
@@ -1595,7 +1598,7 @@ write_chunks(PyObject *conn, PyObject *transport, PyObject *chunks)
  * directly while direct_fd() allows, the rest through the transport. */
 static PyObject *
 conn_write(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssize_t n,
-           PyObject *list)
+           PyObject *list, int open)
 {
     Py_ssize_t sent = 0, i;
     PyObject *rest, *r;
@@ -1613,7 +1616,7 @@ conn_write(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssiz
             total += PyBytes_GET_SIZE(chunks[i]);
         }
         if (i == n && total > 0) {
-            fd = direct_fd(conn, transport);
+            fd = direct_fd(conn, transport, open);
             if (fd == -2) return NULL;
             if (fd >= 0) {
                 ssize_t w;
@@ -1665,9 +1668,10 @@ conn_write(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssiz
     return r;
 }
 
-/* ServerConnection._flush: write what the protocol queued. */
+/* ServerConnection._flush: write what the protocol queued. `open`: as for
+ * direct_fd(). */
 static PyObject *
-conn_flush(PyObject *self, PyObject *unused)
+flush_queued(PyObject *self, int open)
 {
     PyObject *protocol, *out, *transport, *r;
 
@@ -1688,7 +1692,7 @@ conn_flush(PyObject *self, PyObject *unused)
             Py_DECREF(out);
             return NULL;
         }
-        r = conn_write(self, transport, &PyList_GET_ITEM(out, 0), PyList_GET_SIZE(out), out);
+        r = conn_write(self, transport, &PyList_GET_ITEM(out, 0), PyList_GET_SIZE(out), out, open);
         Py_DECREF(out);
         if (r == NULL) return NULL;
         Py_DECREF(r);
@@ -1700,6 +1704,12 @@ conn_flush(PyObject *self, PyObject *unused)
 
 slow:
     return PyObject_CallMethodNoArgs(self, str_flush_py);
+}
+
+static PyObject *
+conn_flush(PyObject *self, PyObject *unused)
+{
+    return flush_queued(self, 0);
 }
 
 /* The awaitable that send() returns when the message is already queued:
@@ -2064,7 +2074,7 @@ receive_step(ReceiveObject *r, PyObject *arg, PyObject **result)
         Py_DECREF(v);
         if (closing < 0) goto error;
         if (!closing) {
-            v = conn_flush(conn, NULL);
+            v = flush_queued(conn, 1);
             if (v == NULL) goto error;
             Py_DECREF(v);
         }
@@ -2320,7 +2330,7 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             && (transport = SLOT(conn, fp.c_transport)) != NULL) {
             if (corked == small_zero /* the int 0 */ && SLOT(conn, fp.c_broadcast_epoch) != epoch) {
                 slot_set(conn, fp.c_broadcast_epoch, epoch);
-                r = conn_write(conn, transport, &frame, 1, NULL);
+                r = conn_write(conn, transport, &frame, 1, NULL, 0);
             }
             else if (PyList_Append(out, frame) < 0 || conn_cork(conn, PyBytes_GET_SIZE(frame)) < 0) {
                 r = NULL;

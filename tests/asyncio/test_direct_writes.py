@@ -227,6 +227,24 @@ async def test_nothing_goes_out_once_the_transport_is_closing(
 
 
 @pytest.mark.both_loops
+async def test_recv_does_not_write_what_was_corked_once_the_transport_is_closing(
+    start_server: StartServer,
+) -> None:
+    """recv() writes what send() corked before it waits, unless the transport
+    is closing (the C path then sends without asking the transport again)."""
+    [client], [connection] = await open_raw(start_server)
+    await connection.send("before")
+    connection._flush()
+    await connection.send("corked, then the transport closes")
+    connection._transport.close()
+    with pytest.raises(shardws.ConnectionClosed):
+        async with asyncio.timeout(5):  # recv() runs in this task: before the loss is seen
+            await connection.recv()
+    assert await client.until_eof() == ["before"]
+    await client.aclose()
+
+
+@pytest.mark.both_loops
 async def test_a_reset_peer_is_reported_through_the_transport(
     start_server: StartServer,
 ) -> None:
