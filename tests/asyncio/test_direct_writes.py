@@ -10,6 +10,7 @@ import asyncio
 import socket
 import ssl
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -211,35 +212,29 @@ async def test_a_big_message_the_kernel_takes_in_part_arrives_whole(
     sock.close()
 
 
+async def flush_now(connection: shardws.ServerConnection) -> None:
+    connection._flush()
+
+
+async def wait_in_recv(connection: shardws.ServerConnection) -> None:
+    # recv() writes what send() corked before it waits, unless the transport
+    # is closing (the C path then sends without asking the transport again)
+    with pytest.raises(shardws.ConnectionClosed):
+        async with asyncio.timeout(5):  # recv() runs in this task: before the loss is seen
+            await connection.recv()
+
+
 @pytest.mark.both_loops
+@pytest.mark.parametrize("write_corked", [flush_now, wait_in_recv])
 async def test_nothing_goes_out_once_the_transport_is_closing(
-    start_server: StartServer,
+    start_server: StartServer, write_corked: Callable[[shardws.ServerConnection], Awaitable[None]]
 ) -> None:
-    [client], [connection] = await open_raw(start_server)
-    await connection.send("before")
-    connection._flush()
-    connection._transport.close()
-    assert connection._protocol is not None
-    connection._protocol.send_text(b"after close()")
-    connection._flush()
-    assert await client.until_eof() == ["before"]
-    await client.aclose()
-
-
-@pytest.mark.both_loops
-async def test_recv_does_not_write_what_was_corked_once_the_transport_is_closing(
-    start_server: StartServer,
-) -> None:
-    """recv() writes what send() corked before it waits, unless the transport
-    is closing (the C path then sends without asking the transport again)."""
     [client], [connection] = await open_raw(start_server)
     await connection.send("before")
     connection._flush()
     await connection.send("corked, then the transport closes")
     connection._transport.close()
-    with pytest.raises(shardws.ConnectionClosed):
-        async with asyncio.timeout(5):  # recv() runs in this task: before the loss is seen
-            await connection.recv()
+    await write_corked(connection)
     assert await client.until_eof() == ["before"]
     await client.aclose()
 
