@@ -42,6 +42,17 @@
 #ifndef MSG_NOSIGNAL
 #define MSG_NOSIGNAL 0 /* macOS: Python ignores SIGPIPE anyway */
 #endif
+#if defined(__linux__) && defined(__has_include)
+#if __has_include(<linux/io_uring.h>)
+#include <linux/io_uring.h>
+#ifdef IORING_SETUP_COOP_TASKRUN /* Linux 5.19 headers */
+#define BATCHED_SENDS 1
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#endif
+#endif
 #endif
 #include <string.h>
 
@@ -1594,14 +1605,19 @@ write_chunks(PyObject *conn, PyObject *transport, PyObject *chunks)
     return r;
 }
 
+static PyObject *write_rest(PyObject *conn, PyObject *transport, PyObject *const *chunks,
+                            Py_ssize_t n, PyObject *list, Py_ssize_t sent);
+
 /* Write the bytes objects chunks[0..n) (`list` holds them when n > 1):
  * directly while direct_fd() allows, the rest through the transport. */
 static PyObject *
 conn_write(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssize_t n,
            PyObject *list, int open)
 {
-    Py_ssize_t sent = 0, i;
-    PyObject *rest, *r;
+    Py_ssize_t sent = 0;
+#ifdef DIRECT_WRITES
+    Py_ssize_t i;
+#endif
 
 #ifdef DIRECT_WRITES
     if (n <= MAX_DIRECT_CHUNKS) {
@@ -1638,12 +1654,23 @@ conn_write(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssiz
         }
     }
 #endif
+    return write_rest(conn, transport, chunks, n, list, sent);
+}
+
+/* Hand the transport what the socket did not take of chunks[0..n): all of
+ * it when `sent` is 0, else the rest of a partial send (a big tail as a
+ * view of the chunk, not a copy). `list` holds the chunks when n > 1. */
+static PyObject *
+write_rest(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssize_t n,
+           PyObject *list, Py_ssize_t sent)
+{
+    Py_ssize_t i;
+    PyObject *rest, *r;
+
     if (sent == 0) {
         if (n == 1) return PyObject_CallMethodOneArg(transport, str_write, chunks[0]);
         return write_chunks(conn, transport, list);
     }
-    /* a partial send: the transport takes the rest (a big tail as a view
-     * of the chunk, not a copy) */
     for (i = 0; sent >= PyBytes_GET_SIZE(chunks[i]); i++) sent -= PyBytes_GET_SIZE(chunks[i]);
     rest = PyList_New(n - i);
     if (rest == NULL) return NULL;
@@ -2285,6 +2312,341 @@ conn_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
 
 /* -- broadcast */
 
+/* A broadcast's direct writes, batched. On Linux, broadcast_plain() puts
+ * the send() of every connection it writes to directly into one io_uring
+ * submission queue and hands the kernel the lot with one io_uring_enter():
+ * one system call for up to BATCH deliveries instead of one each. The
+ * sockets are non-blocking and each send carries MSG_DONTWAIT, so each one
+ * completes within that call -- sent, in part, or failed with EAGAIN or an
+ * error -- exactly as the send() of conn_write() would, and the same rules
+ * follow: what the kernel did not take goes to the transport. Nothing runs
+ * between the checks of direct_fd() and the batch's submission but other
+ * connections' checks: a call to Python code that could write (deliver(),
+ * failed()) submits the batch first.
+ *
+ * The ring belongs to the process that set it up (a forked child sets up its
+ * own) and to one broadcast_plain() call at a time: a call that finds it busy
+ * (another thread, or a broadcast from inside deliver()) sends one by one.
+ * Where io_uring is missing or refused (old kernel, seccomp, the
+ * kernel.io_uring_disabled sysctl), or batched_sends(False) turned it off,
+ * every send is a send(). */
+#define BATCH 256
+
+#ifdef BATCHED_SENDS
+static struct {
+    int fd;      /* -1: none set up */
+    pid_t pid;   /* the process that set it up */
+    int failed;  /* io_uring_setup() or its mmap() failed in this process: no retry */
+    int busy;    /* a broadcast_plain() call holds it */
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    void *sq_map, *cq_map;
+    size_t sq_len, cq_len, sqes_len;
+} ring = {.fd = -1};
+#endif
+static int batching_on = 1;           /* batched_sends(flag) */
+static unsigned long long batched_count; /* sends that went through a ring */
+
+#ifdef BATCHED_SENDS
+static void
+ring_release(void)
+{
+    if (ring.sqes != NULL && ring.sqes != MAP_FAILED) munmap(ring.sqes, ring.sqes_len);
+    if (ring.cq_map != NULL && ring.cq_map != MAP_FAILED && ring.cq_map != ring.sq_map)
+        munmap(ring.cq_map, ring.cq_len);
+    if (ring.sq_map != NULL && ring.sq_map != MAP_FAILED) munmap(ring.sq_map, ring.sq_len);
+    if (ring.fd >= 0) close(ring.fd);
+    ring.sqes = NULL;
+    ring.sq_map = ring.cq_map = NULL;
+    ring.fd = -1;
+}
+
+static void *
+ring_map(size_t len, off_t offset)
+{
+    return mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring.fd, offset);
+}
+
+/* 1 when this process has a ring to use (setting it up on first use). */
+static int
+ring_ready(void)
+{
+    struct io_uring_params p;
+    char *sq, *cq;
+
+    if (ring.fd >= 0) {
+        if (ring.pid == getpid()) return 1;
+        ring_release(); /* inherited through fork(): the parent's to use */
+        ring.failed = 0;
+        ring.busy = 0;
+    }
+    if (ring.failed) return 0;
+    ring.failed = 1;
+    memset(&p, 0, sizeof(p));
+    /* Linux 5.19 or later: before it, a send with MSG_DONTWAIT could wait in
+     * the kernel for the socket to drain, not fail with EAGAIN */
+    p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
+    ring.fd = (int)syscall(__NR_io_uring_setup, BATCH, &p);
+    if (ring.fd < 0) {
+        ring.fd = -1;
+        return 0;
+    }
+    if (p.sq_entries < BATCH) goto fail;
+    ring.sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    ring.cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    ring.sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        if (ring.cq_len > ring.sq_len) ring.sq_len = ring.cq_len;
+        ring.sq_map = ring.cq_map = ring_map(ring.sq_len, IORING_OFF_SQ_RING);
+    }
+    else {
+        ring.sq_map = ring_map(ring.sq_len, IORING_OFF_SQ_RING);
+        ring.cq_map = ring_map(ring.cq_len, IORING_OFF_CQ_RING);
+    }
+    ring.sqes = ring_map(ring.sqes_len, IORING_OFF_SQES);
+    if (ring.sq_map == MAP_FAILED || ring.cq_map == MAP_FAILED || ring.sqes == MAP_FAILED) goto fail;
+    sq = ring.sq_map;
+    cq = ring.cq_map;
+    ring.sq_head = (unsigned *)(sq + p.sq_off.head);
+    ring.sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    ring.sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    ring.sq_array = (unsigned *)(sq + p.sq_off.array);
+    ring.cq_head = (unsigned *)(cq + p.cq_off.head);
+    ring.cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    ring.cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    ring.cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    ring.pid = getpid();
+    ring.failed = 0;
+    return 1;
+
+fail:
+    ring_release();
+    return 0;
+}
+#endif
+
+/* The sends of one broadcast_plain() call waiting for their submission. */
+typedef struct {
+    int on;                      /* this call holds the ring */
+    unsigned tail;               /* the submission queue's tail, ours until submitted */
+    Py_ssize_t n;
+    PyObject *conn[BATCH], *transport[BATCH];
+} Batch;
+
+static void
+batch_start(Batch *b)
+{
+    b->on = 0;
+    b->n = 0;
+#ifdef BATCHED_SENDS
+    if (batching_on && ring_ready() && !ring.busy) {
+        ring.busy = 1;
+        b->on = 1;
+        b->tail = *ring.sq_tail;
+    }
+#endif
+}
+
+#ifdef BATCHED_SENDS
+static void
+batch_add(Batch *b, int fd, PyObject *frame, PyObject *conn, PyObject *transport)
+{
+    unsigned idx = b->tail & *ring.sq_mask;
+    struct io_uring_sqe *sqe = &ring.sqes[idx];
+
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_SEND;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)PyBytes_AS_STRING(frame);
+    sqe->len = (uint32_t)PyBytes_GET_SIZE(frame);
+    sqe->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT; /* EAGAIN comes back; no poll is armed */
+    sqe->user_data = (uint64_t)b->n;
+    ring.sq_array[idx] = idx;
+    b->tail++;
+    b->conn[b->n] = Py_NewRef(conn);
+    b->transport[b->n] = Py_NewRef(transport);
+    b->n++;
+}
+#endif
+
+/* A connection's write raised: an Exception goes to failed(conn, exc) (0,
+ * or -1 when that raised); anything else (KeyboardInterrupt & co) stays set
+ * (-1). */
+static int
+write_failed(PyObject *conn, PyObject *failed)
+{
+    PyObject *type, *exc, *tb, *r;
+
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL) PyException_SetTraceback(exc, tb);
+    r = PyObject_CallFunctionObjArgs(failed, conn, exc, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Submit the batch and wait for its completions, then finish each
+ * connection's write in order: count it when the kernel took the whole
+ * frame, else hand the rest to its transport (conn_write()'s rules). Every
+ * connection of the batch is dealt with even when one raises; the first
+ * error stays set (-1). A send whose outcome cannot be known (the wait
+ * failed) leaves its stream in doubt: that connection is aborted. An
+ * exception set on entry is set again on return, or becomes the context of
+ * the flush's own. */
+static int
+batch_flush(Batch *b, PyObject *frame, PyObject *failed, Py_ssize_t *sent)
+{
+    Py_ssize_t n = b->n, taken = n, done = 0, i;
+    int status = 0;
+    PyObject *err_type = NULL, *err = NULL, *err_tb = NULL;
+    PyObject *pending_type, *pending, *pending_tb;
+#ifdef BATCHED_SENDS
+    int res[BATCH];
+    char known[BATCH];
+    unsigned start;
+#endif
+
+    if (n == 0) return 0;
+    b->n = 0;
+    PyErr_Fetch(&pending_type, &pending, &pending_tb);
+#ifdef BATCHED_SENDS
+    memset(known, 0, (size_t)n);
+    start = b->tail - (unsigned)n; /* every earlier entry was taken, or taken back */
+    __atomic_store_n(ring.sq_tail, b->tail, __ATOMIC_RELEASE);
+    for (;;) {
+        long r;
+        taken = (Py_ssize_t)(__atomic_load_n(ring.sq_head, __ATOMIC_ACQUIRE) - start);
+        if (taken == n) break;
+        /* the sends are issued, and complete, inside this call */
+        r = syscall(__NR_io_uring_enter, ring.fd, (unsigned)(n - taken), 0, 0, NULL, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            taken = (Py_ssize_t)(__atomic_load_n(ring.sq_head, __ATOMIC_ACQUIRE) - start);
+            break;
+        }
+    }
+    if (taken < n) { /* what was not taken is taken back, and sent one by one below */
+        __atomic_store_n(ring.sq_tail, start + (unsigned)taken, __ATOMIC_RELEASE);
+    }
+    b->tail = start + (unsigned)taken;
+    while (done < taken) {
+        unsigned head = *ring.cq_head, tail = __atomic_load_n(ring.cq_tail, __ATOMIC_ACQUIRE);
+        for (; head != tail; head++) {
+            struct io_uring_cqe *cqe = &ring.cqes[head & *ring.cq_mask];
+            if (cqe->user_data < (uint64_t)taken && !known[cqe->user_data]) {
+                res[cqe->user_data] = cqe->res;
+                known[cqe->user_data] = 1;
+                done++;
+            }
+        }
+        __atomic_store_n(ring.cq_head, head, __ATOMIC_RELEASE);
+        if (done < taken
+            && syscall(__NR_io_uring_enter, ring.fd, 0, (unsigned)(taken - done),
+                       IORING_ENTER_GETEVENTS, NULL, 0) < 0
+            && errno != EINTR && errno != EAGAIN && errno != EBUSY) {
+            break;
+        }
+    }
+    batched_count += (unsigned long long)done;
+    if (done < taken) { /* cannot happen; if it does, the ring is not used again */
+        ring_release();
+        ring.failed = 1;
+        ring.busy = 0;
+        b->on = 0;
+    }
+#endif
+    for (i = 0; i < n; i++) {
+        PyObject *conn = b->conn[i], *transport = b->transport[i], *r;
+        int delivered = 1;
+#ifdef BATCHED_SENDS
+        if (i < taken && known[i] && res[i] == (int)PyBytes_GET_SIZE(frame)) {
+            r = Py_NewRef(Py_None);
+        }
+        else if (i < taken && known[i]) {
+            r = write_rest(conn, transport, &frame, 1, NULL, res[i] > 0 ? res[i] : 0);
+        }
+        else if (i < taken) {
+            r = PyObject_CallMethod(transport, "abort", NULL);
+            delivered = 0;
+        }
+        else
+#endif
+        {
+            r = conn_write(conn, transport, &frame, 1, NULL, 0);
+        }
+        if (r != NULL) {
+            *sent += delivered;
+            Py_DECREF(r);
+        }
+        else if (write_failed(conn, failed) < 0) {
+            if (err_type == NULL) PyErr_Fetch(&err_type, &err, &err_tb);
+            else PyErr_Clear();
+            status = -1;
+        }
+        Py_DECREF(conn);
+        Py_DECREF(transport);
+    }
+    if (pending_type != NULL && err_type != NULL) { /* ours wins; the pending one is its context */
+        PyErr_NormalizeException(&pending_type, &pending, &pending_tb);
+        PyErr_NormalizeException(&err_type, &err, &err_tb);
+        if (pending_tb != NULL) PyException_SetTraceback(pending, pending_tb);
+        PyException_SetContext(err, pending); /* steals */
+        Py_DECREF(pending_type);
+        Py_XDECREF(pending_tb);
+        pending_type = NULL;
+    }
+    if (err_type != NULL) PyErr_Restore(err_type, err, err_tb);
+    if (pending_type != NULL) PyErr_Restore(pending_type, pending, pending_tb);
+    return status;
+}
+
+/* The end of a broadcast_plain() call: the batch goes out, the ring is
+ * free again. -1 when an exception is set (one already set stays set unless
+ * the flush raises one of its own). */
+static int
+batch_end(Batch *b, PyObject *frame, PyObject *failed, Py_ssize_t *sent)
+{
+    int pending = PyErr_Occurred() != NULL;
+    int status = batch_flush(b, frame, failed, sent);
+
+#ifdef BATCHED_SENDS
+    if (b->on) ring.busy = 0;
+#endif
+    b->on = 0;
+    return pending || status < 0 ? -1 : 0;
+}
+
+PyDoc_STRVAR(batched_sends_doc,
+"batched_sends(enable=None, /) -> (bool, int)\n\n"
+"Whether broadcast_plain() sends its direct writes in batches through\n"
+"io_uring (Linux), and how many sends went that way in this process. With\n"
+"an argument, turn batching on or off first. True only when it is on and\n"
+"this process has a ring (set up here if it has none yet).");
+
+static PyObject *
+batched_sends(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    int ready = 0;
+
+    if (check_nargs("batched_sends", nargs, 0, 1) < 0) return NULL;
+    if (nargs == 1 && args[0] != Py_None) {
+        int flag = PyObject_IsTrue(args[0]);
+        if (flag < 0) return NULL;
+        batching_on = flag;
+    }
+#ifdef BATCHED_SENDS
+    ready = batching_on && (ring.busy || ring_ready());
+#endif
+    return Py_BuildValue("(OK)", ready ? Py_True : Py_False, batched_count);
+}
+
+
 PyDoc_STRVAR(broadcast_plain_doc,
 "broadcast_plain(connections, frame, deliver, failed, epoch, /) -> int\n\n"
 "The loop of shardws.asyncio.broadcast.broadcast(): for every connection\n"
@@ -2302,7 +2664,8 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *it, *conn, *frame, *deliver, *failed, *epoch;
     Py_ssize_t sent = 0;
-    int shared_bytes;
+    int shared_bytes, stop = 0;
+    Batch batch;
 
     if (check_nargs("broadcast_plain", nargs, 5, 5) < 0) return NULL;
     if (fp.conn_type == NULL) {
@@ -2316,7 +2679,11 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     shared_bytes = PyBytes_CheckExact(frame); /* else deliver() takes every connection */
     it = PyObject_GetIter(args[0]);
     if (it == NULL) return NULL;
-    while ((conn = PyIter_Next(it)) != NULL) {
+    batch_start(&batch);
+    if (!shared_bytes || PyBytes_GET_SIZE(frame) == 0 || PyBytes_GET_SIZE(frame) > INT_MAX) {
+        batch_end(&batch, frame, failed, &sent); /* nothing to batch */
+    }
+    while (!stop && (conn = PyIter_Next(it)) != NULL) {
         PyObject *protocol, *transport, *corked, *out, *r;
 
         if (shared_bytes && conn_checked(conn)
@@ -2329,8 +2696,22 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             && (out = SLOT(protocol, fp.p_out)) != NULL && PyList_CheckExact(out)
             && (transport = SLOT(conn, fp.c_transport)) != NULL) {
             if (corked == small_zero /* the int 0 */ && SLOT(conn, fp.c_broadcast_epoch) != epoch) {
+                int fd = batch.on ? direct_fd(conn, transport, 0) : -1;
+
                 slot_set(conn, fp.c_broadcast_epoch, epoch);
-                r = conn_write(conn, transport, &frame, 1, NULL, 0);
+#ifdef BATCHED_SENDS
+                if (fd >= 0) {
+                    batch_add(&batch, fd, frame, conn, transport);
+                    r = Py_NewRef(Py_None); /* counted by batch_flush() */
+                    if (batch.n == BATCH && batch_flush(&batch, frame, failed, &sent) < 0) {
+                        stop = 1;
+                    }
+                    Py_DECREF(conn);
+                    Py_DECREF(r);
+                    continue;
+                }
+#endif
+                r = fd == -2 ? NULL : conn_write(conn, transport, &frame, 1, NULL, 0);
             }
             else if (PyList_Append(out, frame) < 0 || conn_cork(conn, PyBytes_GET_SIZE(frame)) < 0) {
                 r = NULL;
@@ -2341,21 +2722,13 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (r != NULL) {
                 sent++;
             }
-            else {
-                PyObject *type, *exc, *tb;
-                if (!PyErr_ExceptionMatches(PyExc_Exception)) { /* KeyboardInterrupt & co */
-                    Py_DECREF(conn);
-                    Py_DECREF(it);
-                    return NULL;
-                }
-                PyErr_Fetch(&type, &exc, &tb);
-                PyErr_NormalizeException(&type, &exc, &tb);
-                if (tb != NULL) PyException_SetTraceback(exc, tb);
-                r = PyObject_CallFunctionObjArgs(failed, conn, exc, NULL);
-                Py_XDECREF(type);
-                Py_XDECREF(exc);
-                Py_XDECREF(tb);
+            else if (batch_flush(&batch, frame, failed, &sent) == 0 /* before Python code runs */
+                     && write_failed(conn, failed) == 0) {
+                r = Py_NewRef(Py_None);
             }
+        }
+        else if (batch_flush(&batch, frame, failed, &sent) < 0) { /* before Python code runs */
+            r = NULL;
         }
         else {
             r = PyObject_CallOneArg(deliver, conn);
@@ -2371,13 +2744,12 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_DECREF(conn);
         if (r == NULL) {
-            Py_DECREF(it);
-            return NULL;
+            stop = 1;
         }
-        Py_DECREF(r);
+        Py_XDECREF(r);
     }
     Py_DECREF(it);
-    if (PyErr_Occurred()) return NULL;
+    if (batch_end(&batch, frame, failed, &sent) < 0 || PyErr_Occurred()) return NULL;
     return PyLong_FromSsize_t(sent);
 }
 
@@ -2511,6 +2883,8 @@ static PyMethodDef speedups_methods[] = {
      connection_fast_paths_doc},
     {"broadcast_plain", (PyCFunction)(void (*)(void))broadcast_plain, METH_FASTCALL,
      broadcast_plain_doc},
+    {"batched_sends", (PyCFunction)(void (*)(void))batched_sends, METH_FASTCALL,
+     batched_sends_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -38,6 +38,13 @@ made when this module is imported.
                      for every other case
 ``broadcast_plain``  the loop of ``broadcast()`` for plain connections
                      (``None`` on the pure path)
+``batched_sends``    ``(enable=None, /) -> (bool, int)``: whether
+                     ``broadcast_plain`` hands the kernel its direct
+                     writes in batches through io_uring (Linux 5.19+), and
+                     how many sends went that way in this process; turns
+                     batching on or off first when given a flag.
+                     ``SHARDWS_NO_IO_URING=1`` turns it off at import.
+                     ``(False, 0)`` on the pure path
 ``C_SPEEDUPS``       ``True`` when the helpers are the C ones
 ``MASK_IMPL``        the masking loop in use: ``"avx2"``, ``"sse2"``,
                      ``"words64"`` (C) or ``"python"``
@@ -66,9 +73,11 @@ __all__ = [
     "C_SPEEDUPS",
     "MASK_IMPL",
     "apply_mask",
+    "batched_sends",
     "parse_head",
     "parse_header",
     "py_apply_mask",
+    "py_batched_sends",
     "py_parse_head",
     "py_parse_header",
     "py_scan_frames",
@@ -529,6 +538,14 @@ parse_head: Callable[..., Head | None] = py_parse_head
 connection_fast_paths: Callable[..., dict[str, Any]] | None = None
 broadcast_plain: Callable[..., int] | None = None
 
+
+def py_batched_sends(enable: bool | None = None, /) -> tuple[bool, int]:
+    """The pure path sends nothing in batches."""
+    return False, 0
+
+
+batched_sends: Callable[..., tuple[bool, int]] = py_batched_sends
+
 if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
     try:
         from shardws import _speedups  # type: ignore[attr-defined]
@@ -549,5 +566,9 @@ if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
         parse_head = getattr(_speedups, "parse_head", py_parse_head)
         connection_fast_paths = getattr(_speedups, "connection_fast_paths", None)
         broadcast_plain = getattr(_speedups, "broadcast_plain", None)
+        if hasattr(_speedups, "batched_sends"):
+            batched_sends = _speedups.batched_sends
+            if os.environ.get("SHARDWS_NO_IO_URING", "") not in ("", "0"):
+                batched_sends(False)
         MASK_IMPL = _speedups.MASK_IMPL
         C_SPEEDUPS = True

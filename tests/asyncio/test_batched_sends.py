@@ -1,0 +1,173 @@
+"""Batched sends: with the C speedups on Linux 5.19 or later, broadcast()
+hands the kernel the direct writes of one call through io_uring, one system
+call per 256 deliveries; what the kernel does not take goes to the
+transport, as for any direct write (test_direct_writes.py). Turned off
+(``batched_sends(False)``, ``SHARDWS_NO_IO_URING=1``) or where io_uring is
+missing, each delivery is one send(). The peers see the same bytes either
+way."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import shardws
+from shardws import speedups
+
+from .conftest import Accepted, StartServer, open_raw, port_of
+from .test_broadcast import open_clients
+from .test_direct_writes import read_events, socket_client
+
+# Whether this process batches when asked to: the C speedups, a kernel with
+# io_uring and nothing refusing it. Where it does not, the tests below check
+# that every delivery still arrives, and that none went through a ring.
+RING = speedups.broadcast_plain is not None and speedups.batched_sends()[0]
+
+
+@pytest.fixture(params=[True, False], ids=["batched", "one-by-one"])
+def batching(request: pytest.FixtureRequest) -> Iterator[bool]:
+    speedups.batched_sends(request.param)
+    try:
+        yield request.param and RING
+    finally:
+        speedups.batched_sends(True)
+
+
+def batched() -> int:
+    return speedups.batched_sends()[1]
+
+
+@pytest.mark.both_loops
+async def test_a_broadcast_to_more_connections_than_a_batch_reaches_each_once(
+    start_server: StartServer, batching: bool
+) -> None:
+    clients, connections = await open_raw(start_server, 300)
+    before = batched()
+    shardws.broadcast(connections, "one")
+    assert batched() - before == (300 if batching else 0)
+    shardws.broadcast(connections, "two")  # the same loop iteration: corked behind "one"
+    assert batched() - before == (300 if batching else 0)
+    for client in clients:
+        assert [await client.next_event(), await client.next_event()] == ["one", "two"]
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.mark.both_loops
+async def test_what_the_kernel_does_not_take_goes_through_the_transport_in_order(
+    start_server: StartServer, batching: bool
+) -> None:
+    acc = Accepted()
+    server = await start_server(acc.handler, compression=None, max_size=None, write_limit=2**24)
+    peers = [await socket_client(port_of(server), rcvbuf=2**16) for _ in range(3)]
+    connections = [await acc.next() for _ in peers]
+    for connection in connections[:2]:  # small buffers: the kernel takes part of the frame
+        connection._transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 2**16
+        )
+    big = bytes(range(256)) * 2**12  # 1 MiB
+    before = batched()
+    shardws.broadcast(connections, big)
+    assert batched() - before == (3 if batching else 0)
+    # the rest (a view of the frame) waits in the two transports
+    assert [c._transport.get_write_buffer_size() > 2**19 for c in connections[:2]] == [True] * 2
+    # the next broadcast queues behind it there, and goes direct on the third
+    connections[2]._broadcast_epoch = None  # as in the next loop iteration
+    for connection in connections[:2]:
+        connection._broadcast_epoch = None
+    shardws.broadcast(connections, "after")
+    assert batched() - before == (4 if batching else 0)
+    for sock, protocol, events in peers:
+        assert await read_events(sock, protocol, events, 2) == [big, "after"]
+        sock.close()
+
+
+@pytest.mark.both_loops
+async def test_batches_keep_each_connection_s_order_among_compressed_and_corked_ones(
+    start_server: StartServer, batching: bool
+) -> None:
+    # plain and compressed connections alternate: broadcast_plain() submits
+    # its batch before each compressed one goes to Python (deliver())
+    plain, plain_connections = await open_clients(start_server, 4, compression=None)
+    compressed, compressed_connections = await open_clients(
+        start_server, 2, client_compression="deflate"
+    )
+    connections = [
+        plain_connections[0], compressed_connections[0], plain_connections[1],
+        compressed_connections[1], plain_connections[2], plain_connections[3],
+    ]
+    await plain_connections[0].send("own")  # corked: the broadcast queues behind it
+    before = batched()
+    shardws.broadcast(connections, "one")
+    shardws.broadcast(connections, "two")
+    assert batched() - before == (3 if batching else 0)
+    assert [await plain[0].recv() for _ in range(3)] == ["own", "one", "two"]
+    for client in plain[1:] + compressed:
+        assert [await client.recv(), await client.recv()] == ["one", "two"]
+
+
+async def test_shardws_no_io_uring_turns_batching_off(tmp_path: Any) -> None:
+    code = "from shardws import speedups; print(speedups.batched_sends()[0])"
+    env = {**os.environ, "SHARDWS_NO_IO_URING": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+    assert speedups.batched_sends(False) == (False, batched())
+    assert speedups.batched_sends(None)[0] is False
+    assert speedups.batched_sends(True)[0] is RING
+
+
+FORKED = """
+import asyncio, os, sys
+from websockets.asyncio.client import connect
+import shardws
+from shardws import speedups
+
+RING = speedups.broadcast_plain is not None and speedups.batched_sends()[0]
+
+async def broadcast_twice():
+    connections, ready = [], asyncio.Event()
+
+    async def handler(ws):
+        connections.append(ws)
+        if len(connections) == 2:
+            ready.set()
+        await ws.wait_closed()
+
+    async with shardws.serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}") as a, connect(f"ws://127.0.0.1:{port}") as b:
+            await asyncio.wait_for(ready.wait(), 10)
+            before = speedups.batched_sends()[1]
+            shardws.broadcast(connections, f"from {os.getpid()}")
+            assert await a.recv() == await b.recv() == f"from {os.getpid()}"
+            assert speedups.batched_sends()[1] - before == (2 if RING else 0)
+
+asyncio.run(broadcast_twice())  # the parent sets up its ring
+pid = os.fork()
+if pid == 0:  # the child must not submit to the parent's ring: it sets up its own
+    try:
+        asyncio.run(broadcast_twice())
+    except BaseException as exc:
+        print("child:", repr(exc), flush=True)
+        os._exit(1)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
+asyncio.run(broadcast_twice())  # the parent's ring still works
+print("ok", RING)
+"""
+
+
+async def test_a_forked_child_batches_through_a_ring_of_its_own() -> None:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(FORKED)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == ["ok", str(RING)]
