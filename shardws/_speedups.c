@@ -47,6 +47,7 @@
 #include <linux/io_uring.h>
 #ifdef IORING_SETUP_COOP_TASKRUN /* Linux 5.19 headers */
 #define BATCHED_SENDS 1
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -1090,6 +1091,8 @@ error:
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
+static PyObject *small_zero; /* the cached int 0 that every `x = 0` stores */
+
 /* Slot offsets; 0 until connection_fast_paths() bound them. */
 static struct {
     PyTypeObject *conn_type, *protocol_type, *parser_type, *options_type, *deque_type;
@@ -1739,6 +1742,565 @@ conn_flush(PyObject *self, PyObject *unused)
     return flush_queued(self, 0);
 }
 
+/* -- batched sends */
+
+/* The direct writes of a broadcast, and those of the end of a loop
+ * iteration (Server._flush_corked), go to the kernel in batches. On Linux
+ * 5.19 or later each one becomes an IORING_OP_SEND (one chunk) or
+ * IORING_OP_SENDMSG (up to IOV_PER_SEND chunks) in one io_uring submission
+ * queue, and one io_uring_enter() hands the kernel up to BATCH of them: one
+ * system call instead of one each. The sockets are non-blocking and each
+ * send carries MSG_DONTWAIT, so each one completes within that call -- sent,
+ * in part, or failed with EAGAIN or an error -- exactly as conn_write()'s
+ * send() would, and the same rules follow: what the kernel did not take goes
+ * to the transport. A batch holds at most one write per connection, and
+ * nothing runs between a connection's checks (direct_fd()) and the batch's
+ * submission but other connections' checks: before any call into Python
+ * code that could write, the holder submits the batch.
+ *
+ * The ring belongs to the process that set it up (a forked child sets up
+ * its own: ring_forked()) and to one holder at a time: a caller that finds it
+ * held (another thread, or a broadcast from inside a callback) writes one by
+ * one. Where io_uring is missing or refused (older kernel, seccomp, the
+ * kernel.io_uring_disabled sysctl), or batched_sends(False) turned it off,
+ * every write is one send(), as before. */
+#define BATCH 256
+#define IOV_PER_SEND 8
+
+static int batching_on = 1;              /* batched_sends(flag) */
+static unsigned long long batched_count; /* sends that went through a ring */
+
+#ifdef BATCHED_SENDS
+static struct {
+    int fd;      /* -1: none set up */
+    int failed;  /* io_uring_setup() or its mmap() failed in this process: no retry */
+    int forked;  /* this process is a fork of the one that set the ring up */
+    int busy;    /* held */
+    int atfork;  /* ring_forked() is registered */
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    void *sq_map, *cq_map;
+    size_t sq_len, cq_len, sqes_len;
+} ring = {.fd = -1};
+
+/* The holder's writes waiting for their submission. */
+typedef struct {
+    PyObject *conn, *transport;
+    PyObject *chunks; /* the connection's queued output (a list of bytes); NULL: the frame */
+    Py_ssize_t total;
+} Send;
+
+static struct {
+    Py_ssize_t n;
+    unsigned tail; /* the submission queue's tail: the holder's until submitted */
+    Send send[BATCH];
+    struct msghdr msg[BATCH];
+    struct iovec iov[BATCH][IOV_PER_SEND];
+    int res[BATCH];
+    char known[BATCH];
+} batch;
+
+static void
+ring_forked(void)
+{
+    ring.forked = 1;
+}
+
+static void
+ring_release(void)
+{
+    if (ring.sqes != NULL && ring.sqes != MAP_FAILED) munmap(ring.sqes, ring.sqes_len);
+    if (ring.cq_map != NULL && ring.cq_map != MAP_FAILED && ring.cq_map != ring.sq_map)
+        munmap(ring.cq_map, ring.cq_len);
+    if (ring.sq_map != NULL && ring.sq_map != MAP_FAILED) munmap(ring.sq_map, ring.sq_len);
+    if (ring.fd >= 0) close(ring.fd);
+    ring.sqes = NULL;
+    ring.sq_map = ring.cq_map = NULL;
+    ring.fd = -1;
+}
+
+static void *
+ring_map(size_t len, off_t offset)
+{
+    return mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring.fd, offset);
+}
+
+/* 1 when this process has a ring to use (setting it up on first use). */
+static int
+ring_ready(void)
+{
+    struct io_uring_params p;
+    char *sq, *cq;
+
+    if (ring.fd >= 0) {
+        if (!ring.forked) return 1;
+        ring_release(); /* inherited through fork(): the parent's to use */
+        ring.failed = ring.forked = ring.busy = 0;
+        batch.n = 0;
+    }
+    if (ring.failed) return 0;
+    ring.failed = 1;
+    if (!ring.atfork) {
+        if (pthread_atfork(NULL, NULL, ring_forked) != 0) return 0;
+        ring.atfork = 1;
+    }
+    memset(&p, 0, sizeof(p));
+    /* Linux 5.19 or later: before it, a send with MSG_DONTWAIT could wait in
+     * the kernel for the socket to drain, not fail with EAGAIN */
+    p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
+    ring.fd = (int)syscall(__NR_io_uring_setup, BATCH, &p);
+    if (ring.fd < 0) {
+        ring.fd = -1;
+        return 0;
+    }
+    if (p.sq_entries < BATCH) goto fail;
+    ring.sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    ring.cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    ring.sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        if (ring.cq_len > ring.sq_len) ring.sq_len = ring.cq_len;
+        ring.sq_map = ring.cq_map = ring_map(ring.sq_len, IORING_OFF_SQ_RING);
+    }
+    else {
+        ring.sq_map = ring_map(ring.sq_len, IORING_OFF_SQ_RING);
+        ring.cq_map = ring_map(ring.cq_len, IORING_OFF_CQ_RING);
+    }
+    ring.sqes = ring_map(ring.sqes_len, IORING_OFF_SQES);
+    if (ring.sq_map == MAP_FAILED || ring.cq_map == MAP_FAILED || ring.sqes == MAP_FAILED) goto fail;
+    sq = ring.sq_map;
+    cq = ring.cq_map;
+    ring.sq_head = (unsigned *)(sq + p.sq_off.head);
+    ring.sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    ring.sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    ring.sq_array = (unsigned *)(sq + p.sq_off.array);
+    ring.cq_head = (unsigned *)(cq + p.cq_off.head);
+    ring.cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    ring.cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    ring.cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    ring.failed = 0;
+    return 1;
+
+fail:
+    ring_release();
+    return 0;
+}
+#endif
+
+/* 1 when this process batches, with a ring already set up: recv() then
+ * leaves what send() corked to the end of the loop iteration. */
+static int
+batching_ready(void)
+{
+#ifdef BATCHED_SENDS
+    return batching_on && ring.fd >= 0 && !ring.forked;
+#else
+    return 0;
+#endif
+}
+
+/* 1 when connection `conn`, about to wait in recv(), should leave what it
+ * corked to Server._flush_corked(): this process batches, and the
+ * connection is on the server's list of this iteration (_flush_scheduled)
+ * with at least one other one, whose write then shares the system call.
+ * Alone, it writes at once: nothing to share, and no wait. */
+static int
+batch_others(PyObject *conn)
+{
+    PyObject *server, *to_flush;
+    int others;
+
+    if (SLOT(conn, fp.c_flush_scheduled) != Py_True || !batching_ready()) return 0;
+    server = SLOT(conn, fp.c_server);
+    if (server == NULL || server == Py_None) return 0;
+    to_flush = PyObject_GetAttr(server, str_to_flush);
+    if (to_flush == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    others = PyList_CheckExact(to_flush) && PyList_GET_SIZE(to_flush) >= 2;
+    Py_DECREF(to_flush);
+    return others;
+}
+
+/* 1: the caller now holds the ring and `batch`, until batch_release(). */
+static int
+batch_hold(void)
+{
+#ifdef BATCHED_SENDS
+    if (batching_on && ring_ready() && !ring.busy) {
+        ring.busy = 1;
+        batch.n = 0;
+        batch.tail = *ring.sq_tail;
+        return 1;
+    }
+#endif
+    return 0;
+}
+
+static void
+batch_release(void)
+{
+#ifdef BATCHED_SENDS
+    ring.busy = 0;
+#endif
+}
+
+#ifdef BATCHED_SENDS
+/* Queue a write of `total` bytes on fd: the bytes object `frame` (chunks
+ * NULL), or the bytes objects of the list `chunks` (a reference the batch
+ * takes over; at most IOV_PER_SEND of them). */
+static void
+batch_add(int fd, PyObject *frame, PyObject *chunks, Py_ssize_t total, PyObject *conn,
+          PyObject *transport)
+{
+    Py_ssize_t i = batch.n, k;
+    unsigned idx = batch.tail & *ring.sq_mask;
+    struct io_uring_sqe *sqe = &ring.sqes[idx];
+
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->fd = fd;
+    sqe->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT; /* EAGAIN comes back; no poll is armed */
+    sqe->user_data = (uint64_t)i;
+    if (chunks == NULL || PyList_GET_SIZE(chunks) == 1) {
+        PyObject *one = chunks == NULL ? frame : PyList_GET_ITEM(chunks, 0);
+        sqe->opcode = IORING_OP_SEND;
+        sqe->addr = (uint64_t)(uintptr_t)PyBytes_AS_STRING(one);
+        sqe->len = (uint32_t)PyBytes_GET_SIZE(one);
+    }
+    else {
+        for (k = 0; k < PyList_GET_SIZE(chunks); k++) {
+            batch.iov[i][k].iov_base = PyBytes_AS_STRING(PyList_GET_ITEM(chunks, k));
+            batch.iov[i][k].iov_len = (size_t)PyBytes_GET_SIZE(PyList_GET_ITEM(chunks, k));
+        }
+        memset(&batch.msg[i], 0, sizeof(struct msghdr));
+        batch.msg[i].msg_iov = batch.iov[i];
+        batch.msg[i].msg_iovlen = (size_t)PyList_GET_SIZE(chunks);
+        sqe->opcode = IORING_OP_SENDMSG;
+        sqe->addr = (uint64_t)(uintptr_t)&batch.msg[i];
+        sqe->len = 1;
+    }
+    ring.sq_array[idx] = idx;
+    batch.tail++;
+    batch.send[i].conn = Py_NewRef(conn);
+    batch.send[i].transport = Py_NewRef(transport);
+    batch.send[i].chunks = chunks;
+    batch.send[i].total = total;
+    batch.n++;
+}
+#endif
+
+/* A connection's write raised: an Exception goes to failed(conn, exc) (0,
+ * or -1 when that raised); without `failed`, or for anything else
+ * (KeyboardInterrupt & co), it stays set (-1). */
+static int
+write_failed(PyObject *conn, PyObject *failed)
+{
+    PyObject *type, *exc, *tb, *r;
+
+    if (failed == NULL || !PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL) PyException_SetTraceback(exc, tb);
+    r = PyObject_CallFunctionObjArgs(failed, conn, exc, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Submit the batch and collect its completions, then finish each
+ * connection's write in order: done when the kernel took it all, else the
+ * rest goes to its transport (conn_write()'s rules); a connection whose
+ * queued output was written (chunks) that is no longer OPEN then starts
+ * closing, as after flush_queued(). Every connection of the batch is dealt
+ * with even when one raises (failed(), when given, takes an Exception, as
+ * in broadcast_plain()); the first error stays set (-1). `sent` counts the
+ * writes made. A send whose outcome cannot be known (collecting failed)
+ * leaves its stream in doubt: that connection is aborted. An exception set
+ * on entry is set again on return, or becomes the context of the
+ * submission's own. */
+static int
+batch_submit(PyObject *frame, PyObject *failed, Py_ssize_t *sent)
+{
+#ifdef BATCHED_SENDS
+    Py_ssize_t n = batch.n, taken, done = 0, i;
+    int status = 0;
+    PyObject *err_type = NULL, *err = NULL, *err_tb = NULL;
+    PyObject *pending_type, *pending, *pending_tb;
+    unsigned start;
+
+    if (n == 0) return 0;
+    batch.n = 0;
+    PyErr_Fetch(&pending_type, &pending, &pending_tb);
+    memset(batch.known, 0, (size_t)n);
+    start = batch.tail - (unsigned)n; /* every earlier entry was taken, or taken back */
+    __atomic_store_n(ring.sq_tail, batch.tail, __ATOMIC_RELEASE);
+    for (;;) {
+        long r;
+        taken = (Py_ssize_t)(__atomic_load_n(ring.sq_head, __ATOMIC_ACQUIRE) - start);
+        if (taken == n) break;
+        /* the sends are issued, and complete, inside this call */
+        r = syscall(__NR_io_uring_enter, ring.fd, (unsigned)(n - taken), 0, 0, NULL, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            taken = (Py_ssize_t)(__atomic_load_n(ring.sq_head, __ATOMIC_ACQUIRE) - start);
+            break;
+        }
+    }
+    if (taken < n) { /* what was not taken is taken back, and written one by one below */
+        __atomic_store_n(ring.sq_tail, start + (unsigned)taken, __ATOMIC_RELEASE);
+    }
+    batch.tail = start + (unsigned)taken;
+    while (done < taken) {
+        unsigned head = *ring.cq_head, tail = __atomic_load_n(ring.cq_tail, __ATOMIC_ACQUIRE);
+        for (; head != tail; head++) {
+            struct io_uring_cqe *cqe = &ring.cqes[head & *ring.cq_mask];
+            if (cqe->user_data < (uint64_t)taken && !batch.known[cqe->user_data]) {
+                batch.res[cqe->user_data] = cqe->res;
+                batch.known[cqe->user_data] = 1;
+                done++;
+            }
+        }
+        __atomic_store_n(ring.cq_head, head, __ATOMIC_RELEASE);
+        if (done < taken
+            && syscall(__NR_io_uring_enter, ring.fd, 0, (unsigned)(taken - done),
+                       IORING_ENTER_GETEVENTS, NULL, 0) < 0
+            && errno != EINTR && errno != EAGAIN && errno != EBUSY) {
+            break;
+        }
+    }
+    batched_count += (unsigned long long)done;
+    if (done < taken) { /* cannot happen; if it does, the ring is not used again */
+        ring_release();
+        ring.failed = 1;
+    }
+    for (i = 0; i < n; i++) {
+        Send *s = &batch.send[i];
+        PyObject *const *items = s->chunks == NULL ? &frame : &PyList_GET_ITEM(s->chunks, 0);
+        Py_ssize_t count = s->chunks == NULL ? 1 : PyList_GET_SIZE(s->chunks);
+        PyObject *r, *protocol;
+        int wrote = 1;
+
+        if (i < taken && batch.known[i] && batch.res[i] == s->total) {
+            r = Py_NewRef(Py_None);
+        }
+        else if (i < taken && batch.known[i]) {
+            r = write_rest(s->conn, s->transport, items, count, s->chunks,
+                           batch.res[i] > 0 ? batch.res[i] : 0);
+        }
+        else if (i < taken) {
+            r = PyObject_CallMethod(s->transport, "abort", NULL);
+            wrote = 0;
+        }
+        else {
+            r = conn_write(s->conn, s->transport, items, count, s->chunks, 0);
+        }
+        if (r != NULL && s->chunks != NULL
+            && (protocol = SLOT(s->conn, fp.c_protocol)) != NULL
+            && SLOT(protocol, fp.p_state) != fp.open_state) {
+            Py_SETREF(r, PyObject_CallMethodNoArgs(s->conn, str_closing_started));
+        }
+        if (r != NULL) {
+            *sent += wrote;
+            Py_DECREF(r);
+        }
+        else if (write_failed(s->conn, failed) < 0) {
+            if (err_type == NULL) PyErr_Fetch(&err_type, &err, &err_tb);
+            else PyErr_Clear();
+            status = -1;
+        }
+        Py_DECREF(s->conn);
+        Py_DECREF(s->transport);
+        Py_XDECREF(s->chunks);
+    }
+    if (pending_type != NULL && err_type != NULL) { /* ours wins; the pending one is its context */
+        PyErr_NormalizeException(&pending_type, &pending, &pending_tb);
+        PyErr_NormalizeException(&err_type, &err, &err_tb);
+        if (pending_tb != NULL) PyException_SetTraceback(pending, pending_tb);
+        PyException_SetContext(err, pending); /* steals */
+        Py_DECREF(pending_type);
+        Py_XDECREF(pending_tb);
+        pending_type = NULL;
+    }
+    if (err_type != NULL) PyErr_Restore(err_type, err, err_tb);
+    if (pending_type != NULL) PyErr_Restore(pending_type, pending, pending_tb);
+    return status;
+#else
+    return 0;
+#endif
+}
+
+/* Queue connection `conn`'s write of `frame` (chunks NULL) or of its queued
+ * output `chunks` (a new reference the batch takes over) when the
+ * connection may write directly (direct_fd(); `open` as there). The holder
+ * makes room first (batch_full()). 1: queued; 0: not queued (chunks not
+ * taken), the caller writes; -1: direct_fd() raised (chunks not taken). */
+static int
+batch_write(PyObject *conn, PyObject *transport, PyObject *frame, PyObject *chunks, int open)
+{
+#ifdef BATCHED_SENDS
+    Py_ssize_t total = 0, k;
+    int fd;
+
+    if (chunks == NULL) {
+        total = PyBytes_GET_SIZE(frame);
+    }
+    else {
+        if (PyList_GET_SIZE(chunks) == 0 || PyList_GET_SIZE(chunks) > IOV_PER_SEND) return 0;
+        for (k = 0; k < PyList_GET_SIZE(chunks); k++) {
+            if (!PyBytes_CheckExact(PyList_GET_ITEM(chunks, k))) return 0;
+            total += PyBytes_GET_SIZE(PyList_GET_ITEM(chunks, k));
+        }
+    }
+    if (total == 0 || total > INT_MAX) return 0;
+    fd = direct_fd(conn, transport, open);
+    if (fd < 0) return fd == -2 ? -1 : 0;
+    batch_add(fd, frame, chunks, total, conn, transport);
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* 1 when the batch must be submitted before another write joins it. */
+static int
+batch_full(void)
+{
+#ifdef BATCHED_SENDS
+    return batch.n == BATCH;
+#else
+    return 0;
+#endif
+}
+
+PyDoc_STRVAR(batched_sends_doc,
+"batched_sends(enable=None, /) -> (bool, int)\n\n"
+"Whether broadcasts and the end of each loop iteration hand the kernel\n"
+"their direct writes in batches through io_uring (Linux 5.19+), and how many\n"
+"sends went that way in this process. With an argument, turn batching on or\n"
+"off first. True only when it is on and this process has a ring (set up\n"
+"here if it has none yet).");
+
+static PyObject *
+batched_sends(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    int ready = 0;
+
+    if (check_nargs("batched_sends", nargs, 0, 1) < 0) return NULL;
+    if (nargs == 1 && args[0] != Py_None) {
+        int flag = PyObject_IsTrue(args[0]);
+        if (flag < 0) return NULL;
+        batching_on = flag;
+    }
+#ifdef BATCHED_SENDS
+    ready = batching_on && ((ring.busy && !ring.forked) || ring_ready());
+#endif
+    return Py_BuildValue("(OK)", ready ? Py_True : Py_False, batched_count);
+}
+
+PyDoc_STRVAR(flush_corked_doc,
+"flush_corked(connections, flush_one, /) -> None\n\n"
+"The loop of Server._flush_corked() over the list `connections`: for a\n"
+"connection of the bound classes, what flush_one(connection) does (clear\n"
+"_flush_scheduled; if something is corked and the transport is not closing,\n"
+"write it), with the direct writes handed to the kernel in batches; any\n"
+"other connection goes to flush_one(connection). Every connection is dealt\n"
+"with even when one raises; the first exception is raised at the end.");
+
+static PyObject *
+flush_corked(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *list, *flush_one, *err_type = NULL, *err = NULL, *err_tb = NULL;
+    Py_ssize_t i, sent = 0;
+    int held;
+
+    if (check_nargs("flush_corked", nargs, 2, 2) < 0) return NULL;
+    list = args[0];
+    flush_one = args[1];
+    if (!PyList_CheckExact(list)) {
+        PyErr_SetString(PyExc_TypeError, "flush_corked() expects a list");
+        return NULL;
+    }
+    held = fp.conn_type != NULL && batch_hold();
+    for (i = 0; i < PyList_GET_SIZE(list); i++) {
+        PyObject *conn = Py_NewRef(PyList_GET_ITEM(list, i));
+        PyObject *protocol, *transport, *out, *corked, *r = NULL, *v;
+        int truth, queued = 0;
+
+        if (conn_checked(conn)
+            && (protocol = SLOT(conn, fp.c_protocol)) != NULL
+            && Py_IS_TYPE(protocol, fp.protocol_type)
+            && (out = SLOT(protocol, fp.p_out)) != NULL && PyList_CheckExact(out)
+            && (transport = SLOT(conn, fp.c_transport)) != NULL
+            && (corked = SLOT(conn, fp.c_corked)) != NULL && PyLong_CheckExact(corked)
+            && (SLOT(conn, fp.c_join_writes) == Py_False
+                || SLOT(conn, fp.c_join_writes) == Py_True)) {
+            slot_set(conn, fp.c_flush_scheduled, Py_False);
+            truth = corked != small_zero && PyObject_IsTrue(corked);
+            if (!truth) {
+                r = Py_NewRef(Py_None);
+                goto next;
+            }
+            v = PyObject_CallMethodNoArgs(transport, str_is_closing);
+            if (v == NULL) goto next;
+            truth = PyObject_IsTrue(v);
+            Py_DECREF(v);
+            if (truth) {
+                r = truth < 0 ? NULL : Py_NewRef(Py_None);
+                goto next;
+            }
+            if (held && PyList_GET_SIZE(out) > 0) {
+                /* flush_queued()'s steps, with the write queued */
+                PyObject *chunks = Py_NewRef(out);
+                if (slot_set_new(conn, fp.c_corked, PyLong_FromLong(0)) < 0
+                    || slot_set_new(protocol, fp.p_out, PyList_New(0)) < 0
+                    || slot_set_new(protocol, fp.p_pending_pongs, PyLong_FromLong(0)) < 0) {
+                    Py_DECREF(chunks);
+                    goto next;
+                }
+                queued = batch_write(conn, transport, NULL, chunks, 1);
+                if (queued > 0) {
+                    r = Py_NewRef(Py_None);
+                    if (batch_full() && batch_submit(NULL, NULL, &sent) < 0) Py_CLEAR(r);
+                    goto next;
+                }
+                slot_set_new(protocol, fp.p_out, chunks); /* back: flush_queued() writes it */
+                if (queued < 0) goto next;
+            }
+            /* Python code may run from here: the batch goes first */
+            if (held && batch_submit(NULL, NULL, &sent) < 0) goto next;
+            r = flush_queued(conn, 1);
+        }
+        else {
+            if (held && batch_submit(NULL, NULL, &sent) < 0) goto next;
+            r = PyObject_CallOneArg(flush_one, conn);
+        }
+    next:
+        Py_DECREF(conn);
+        if (r == NULL) {
+            if (err_type == NULL) PyErr_Fetch(&err_type, &err, &err_tb);
+            else PyErr_Clear();
+        }
+        Py_XDECREF(r);
+    }
+    if (held) {
+        if (batch_submit(NULL, NULL, &sent) < 0) {
+            if (err_type == NULL) PyErr_Fetch(&err_type, &err, &err_tb);
+            else PyErr_Clear();
+        }
+        batch_release();
+    }
+    if (err_type != NULL) {
+        PyErr_Restore(err_type, err, err_tb);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+
 /* The awaitable that send() returns when the message is already queued:
  * completes at once, like a coroutine that returned None. It has the
  * coroutine methods, so asyncio.iscoroutine() accepts it (create_task,
@@ -1824,7 +2386,6 @@ static PyTypeObject DoneType = {
 };
 
 static PyObject *sent_singleton;
-static PyObject *small_zero; /* the cached int 0 that every `x = 0` stores */
 
 /* ServerConnection._cork(size): count `size` more bytes queued in the
  * protocol; write them at the end of this loop iteration, or now past
@@ -2093,7 +2654,10 @@ receive_step(ReceiveObject *r, PyObject *arg, PyObject **result)
         goto delegate;
     }
     Py_DECREF(v);
-    if (SLOT(conn, fp.c_corked) != NULL && PyObject_IsTrue(SLOT(conn, fp.c_corked)) == 1) {
+    /* What send() corked: written now, or left to Server._flush_corked()
+     * (batch_others()). */
+    if (SLOT(conn, fp.c_corked) != NULL && PyObject_IsTrue(SLOT(conn, fp.c_corked)) == 1
+        && !batch_others(conn)) {
         int closing;
         v = PyObject_CallMethodNoArgs(SLOT(conn, fp.c_transport), str_is_closing);
         if (v == NULL) goto error;
@@ -2312,341 +2876,6 @@ conn_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
 
 /* -- broadcast */
 
-/* A broadcast's direct writes, batched. On Linux, broadcast_plain() puts
- * the send() of every connection it writes to directly into one io_uring
- * submission queue and hands the kernel the lot with one io_uring_enter():
- * one system call for up to BATCH deliveries instead of one each. The
- * sockets are non-blocking and each send carries MSG_DONTWAIT, so each one
- * completes within that call -- sent, in part, or failed with EAGAIN or an
- * error -- exactly as the send() of conn_write() would, and the same rules
- * follow: what the kernel did not take goes to the transport. Nothing runs
- * between the checks of direct_fd() and the batch's submission but other
- * connections' checks: a call to Python code that could write (deliver(),
- * failed()) submits the batch first.
- *
- * The ring belongs to the process that set it up (a forked child sets up its
- * own) and to one broadcast_plain() call at a time: a call that finds it busy
- * (another thread, or a broadcast from inside deliver()) sends one by one.
- * Where io_uring is missing or refused (old kernel, seccomp, the
- * kernel.io_uring_disabled sysctl), or batched_sends(False) turned it off,
- * every send is a send(). */
-#define BATCH 256
-
-#ifdef BATCHED_SENDS
-static struct {
-    int fd;      /* -1: none set up */
-    pid_t pid;   /* the process that set it up */
-    int failed;  /* io_uring_setup() or its mmap() failed in this process: no retry */
-    int busy;    /* a broadcast_plain() call holds it */
-    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
-    struct io_uring_sqe *sqes;
-    struct io_uring_cqe *cqes;
-    void *sq_map, *cq_map;
-    size_t sq_len, cq_len, sqes_len;
-} ring = {.fd = -1};
-#endif
-static int batching_on = 1;           /* batched_sends(flag) */
-static unsigned long long batched_count; /* sends that went through a ring */
-
-#ifdef BATCHED_SENDS
-static void
-ring_release(void)
-{
-    if (ring.sqes != NULL && ring.sqes != MAP_FAILED) munmap(ring.sqes, ring.sqes_len);
-    if (ring.cq_map != NULL && ring.cq_map != MAP_FAILED && ring.cq_map != ring.sq_map)
-        munmap(ring.cq_map, ring.cq_len);
-    if (ring.sq_map != NULL && ring.sq_map != MAP_FAILED) munmap(ring.sq_map, ring.sq_len);
-    if (ring.fd >= 0) close(ring.fd);
-    ring.sqes = NULL;
-    ring.sq_map = ring.cq_map = NULL;
-    ring.fd = -1;
-}
-
-static void *
-ring_map(size_t len, off_t offset)
-{
-    return mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring.fd, offset);
-}
-
-/* 1 when this process has a ring to use (setting it up on first use). */
-static int
-ring_ready(void)
-{
-    struct io_uring_params p;
-    char *sq, *cq;
-
-    if (ring.fd >= 0) {
-        if (ring.pid == getpid()) return 1;
-        ring_release(); /* inherited through fork(): the parent's to use */
-        ring.failed = 0;
-        ring.busy = 0;
-    }
-    if (ring.failed) return 0;
-    ring.failed = 1;
-    memset(&p, 0, sizeof(p));
-    /* Linux 5.19 or later: before it, a send with MSG_DONTWAIT could wait in
-     * the kernel for the socket to drain, not fail with EAGAIN */
-    p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
-    ring.fd = (int)syscall(__NR_io_uring_setup, BATCH, &p);
-    if (ring.fd < 0) {
-        ring.fd = -1;
-        return 0;
-    }
-    if (p.sq_entries < BATCH) goto fail;
-    ring.sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
-    ring.cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
-    ring.sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
-    if (p.features & IORING_FEAT_SINGLE_MMAP) {
-        if (ring.cq_len > ring.sq_len) ring.sq_len = ring.cq_len;
-        ring.sq_map = ring.cq_map = ring_map(ring.sq_len, IORING_OFF_SQ_RING);
-    }
-    else {
-        ring.sq_map = ring_map(ring.sq_len, IORING_OFF_SQ_RING);
-        ring.cq_map = ring_map(ring.cq_len, IORING_OFF_CQ_RING);
-    }
-    ring.sqes = ring_map(ring.sqes_len, IORING_OFF_SQES);
-    if (ring.sq_map == MAP_FAILED || ring.cq_map == MAP_FAILED || ring.sqes == MAP_FAILED) goto fail;
-    sq = ring.sq_map;
-    cq = ring.cq_map;
-    ring.sq_head = (unsigned *)(sq + p.sq_off.head);
-    ring.sq_tail = (unsigned *)(sq + p.sq_off.tail);
-    ring.sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
-    ring.sq_array = (unsigned *)(sq + p.sq_off.array);
-    ring.cq_head = (unsigned *)(cq + p.cq_off.head);
-    ring.cq_tail = (unsigned *)(cq + p.cq_off.tail);
-    ring.cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
-    ring.cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
-    ring.pid = getpid();
-    ring.failed = 0;
-    return 1;
-
-fail:
-    ring_release();
-    return 0;
-}
-#endif
-
-/* The sends of one broadcast_plain() call waiting for their submission. */
-typedef struct {
-    int on;                      /* this call holds the ring */
-    unsigned tail;               /* the submission queue's tail, ours until submitted */
-    Py_ssize_t n;
-    PyObject *conn[BATCH], *transport[BATCH];
-} Batch;
-
-static void
-batch_start(Batch *b)
-{
-    b->on = 0;
-    b->n = 0;
-#ifdef BATCHED_SENDS
-    if (batching_on && ring_ready() && !ring.busy) {
-        ring.busy = 1;
-        b->on = 1;
-        b->tail = *ring.sq_tail;
-    }
-#endif
-}
-
-#ifdef BATCHED_SENDS
-static void
-batch_add(Batch *b, int fd, PyObject *frame, PyObject *conn, PyObject *transport)
-{
-    unsigned idx = b->tail & *ring.sq_mask;
-    struct io_uring_sqe *sqe = &ring.sqes[idx];
-
-    memset(sqe, 0, sizeof(*sqe));
-    sqe->opcode = IORING_OP_SEND;
-    sqe->fd = fd;
-    sqe->addr = (uint64_t)(uintptr_t)PyBytes_AS_STRING(frame);
-    sqe->len = (uint32_t)PyBytes_GET_SIZE(frame);
-    sqe->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT; /* EAGAIN comes back; no poll is armed */
-    sqe->user_data = (uint64_t)b->n;
-    ring.sq_array[idx] = idx;
-    b->tail++;
-    b->conn[b->n] = Py_NewRef(conn);
-    b->transport[b->n] = Py_NewRef(transport);
-    b->n++;
-}
-#endif
-
-/* A connection's write raised: an Exception goes to failed(conn, exc) (0,
- * or -1 when that raised); anything else (KeyboardInterrupt & co) stays set
- * (-1). */
-static int
-write_failed(PyObject *conn, PyObject *failed)
-{
-    PyObject *type, *exc, *tb, *r;
-
-    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (tb != NULL) PyException_SetTraceback(exc, tb);
-    r = PyObject_CallFunctionObjArgs(failed, conn, exc, NULL);
-    Py_XDECREF(type);
-    Py_XDECREF(exc);
-    Py_XDECREF(tb);
-    if (r == NULL) return -1;
-    Py_DECREF(r);
-    return 0;
-}
-
-/* Submit the batch and wait for its completions, then finish each
- * connection's write in order: count it when the kernel took the whole
- * frame, else hand the rest to its transport (conn_write()'s rules). Every
- * connection of the batch is dealt with even when one raises; the first
- * error stays set (-1). A send whose outcome cannot be known (the wait
- * failed) leaves its stream in doubt: that connection is aborted. An
- * exception set on entry is set again on return, or becomes the context of
- * the flush's own. */
-static int
-batch_flush(Batch *b, PyObject *frame, PyObject *failed, Py_ssize_t *sent)
-{
-    Py_ssize_t n = b->n, taken = n, done = 0, i;
-    int status = 0;
-    PyObject *err_type = NULL, *err = NULL, *err_tb = NULL;
-    PyObject *pending_type, *pending, *pending_tb;
-#ifdef BATCHED_SENDS
-    int res[BATCH];
-    char known[BATCH];
-    unsigned start;
-#endif
-
-    if (n == 0) return 0;
-    b->n = 0;
-    PyErr_Fetch(&pending_type, &pending, &pending_tb);
-#ifdef BATCHED_SENDS
-    memset(known, 0, (size_t)n);
-    start = b->tail - (unsigned)n; /* every earlier entry was taken, or taken back */
-    __atomic_store_n(ring.sq_tail, b->tail, __ATOMIC_RELEASE);
-    for (;;) {
-        long r;
-        taken = (Py_ssize_t)(__atomic_load_n(ring.sq_head, __ATOMIC_ACQUIRE) - start);
-        if (taken == n) break;
-        /* the sends are issued, and complete, inside this call */
-        r = syscall(__NR_io_uring_enter, ring.fd, (unsigned)(n - taken), 0, 0, NULL, 0);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            taken = (Py_ssize_t)(__atomic_load_n(ring.sq_head, __ATOMIC_ACQUIRE) - start);
-            break;
-        }
-    }
-    if (taken < n) { /* what was not taken is taken back, and sent one by one below */
-        __atomic_store_n(ring.sq_tail, start + (unsigned)taken, __ATOMIC_RELEASE);
-    }
-    b->tail = start + (unsigned)taken;
-    while (done < taken) {
-        unsigned head = *ring.cq_head, tail = __atomic_load_n(ring.cq_tail, __ATOMIC_ACQUIRE);
-        for (; head != tail; head++) {
-            struct io_uring_cqe *cqe = &ring.cqes[head & *ring.cq_mask];
-            if (cqe->user_data < (uint64_t)taken && !known[cqe->user_data]) {
-                res[cqe->user_data] = cqe->res;
-                known[cqe->user_data] = 1;
-                done++;
-            }
-        }
-        __atomic_store_n(ring.cq_head, head, __ATOMIC_RELEASE);
-        if (done < taken
-            && syscall(__NR_io_uring_enter, ring.fd, 0, (unsigned)(taken - done),
-                       IORING_ENTER_GETEVENTS, NULL, 0) < 0
-            && errno != EINTR && errno != EAGAIN && errno != EBUSY) {
-            break;
-        }
-    }
-    batched_count += (unsigned long long)done;
-    if (done < taken) { /* cannot happen; if it does, the ring is not used again */
-        ring_release();
-        ring.failed = 1;
-        ring.busy = 0;
-        b->on = 0;
-    }
-#endif
-    for (i = 0; i < n; i++) {
-        PyObject *conn = b->conn[i], *transport = b->transport[i], *r;
-        int delivered = 1;
-#ifdef BATCHED_SENDS
-        if (i < taken && known[i] && res[i] == (int)PyBytes_GET_SIZE(frame)) {
-            r = Py_NewRef(Py_None);
-        }
-        else if (i < taken && known[i]) {
-            r = write_rest(conn, transport, &frame, 1, NULL, res[i] > 0 ? res[i] : 0);
-        }
-        else if (i < taken) {
-            r = PyObject_CallMethod(transport, "abort", NULL);
-            delivered = 0;
-        }
-        else
-#endif
-        {
-            r = conn_write(conn, transport, &frame, 1, NULL, 0);
-        }
-        if (r != NULL) {
-            *sent += delivered;
-            Py_DECREF(r);
-        }
-        else if (write_failed(conn, failed) < 0) {
-            if (err_type == NULL) PyErr_Fetch(&err_type, &err, &err_tb);
-            else PyErr_Clear();
-            status = -1;
-        }
-        Py_DECREF(conn);
-        Py_DECREF(transport);
-    }
-    if (pending_type != NULL && err_type != NULL) { /* ours wins; the pending one is its context */
-        PyErr_NormalizeException(&pending_type, &pending, &pending_tb);
-        PyErr_NormalizeException(&err_type, &err, &err_tb);
-        if (pending_tb != NULL) PyException_SetTraceback(pending, pending_tb);
-        PyException_SetContext(err, pending); /* steals */
-        Py_DECREF(pending_type);
-        Py_XDECREF(pending_tb);
-        pending_type = NULL;
-    }
-    if (err_type != NULL) PyErr_Restore(err_type, err, err_tb);
-    if (pending_type != NULL) PyErr_Restore(pending_type, pending, pending_tb);
-    return status;
-}
-
-/* The end of a broadcast_plain() call: the batch goes out, the ring is
- * free again. -1 when an exception is set (one already set stays set unless
- * the flush raises one of its own). */
-static int
-batch_end(Batch *b, PyObject *frame, PyObject *failed, Py_ssize_t *sent)
-{
-    int pending = PyErr_Occurred() != NULL;
-    int status = batch_flush(b, frame, failed, sent);
-
-#ifdef BATCHED_SENDS
-    if (b->on) ring.busy = 0;
-#endif
-    b->on = 0;
-    return pending || status < 0 ? -1 : 0;
-}
-
-PyDoc_STRVAR(batched_sends_doc,
-"batched_sends(enable=None, /) -> (bool, int)\n\n"
-"Whether broadcast_plain() sends its direct writes in batches through\n"
-"io_uring (Linux), and how many sends went that way in this process. With\n"
-"an argument, turn batching on or off first. True only when it is on and\n"
-"this process has a ring (set up here if it has none yet).");
-
-static PyObject *
-batched_sends(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    int ready = 0;
-
-    if (check_nargs("batched_sends", nargs, 0, 1) < 0) return NULL;
-    if (nargs == 1 && args[0] != Py_None) {
-        int flag = PyObject_IsTrue(args[0]);
-        if (flag < 0) return NULL;
-        batching_on = flag;
-    }
-#ifdef BATCHED_SENDS
-    ready = batching_on && (ring.busy || ring_ready());
-#endif
-    return Py_BuildValue("(OK)", ready ? Py_True : Py_False, batched_count);
-}
-
-
 PyDoc_STRVAR(broadcast_plain_doc,
 "broadcast_plain(connections, frame, deliver, failed, epoch, /) -> int\n\n"
 "The loop of shardws.asyncio.broadcast.broadcast(): for every connection\n"
@@ -2664,8 +2893,7 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *it, *conn, *frame, *deliver, *failed, *epoch;
     Py_ssize_t sent = 0;
-    int shared_bytes, stop = 0;
-    Batch batch;
+    int shared_bytes, held, stop = 0;
 
     if (check_nargs("broadcast_plain", nargs, 5, 5) < 0) return NULL;
     if (fp.conn_type == NULL) {
@@ -2679,10 +2907,7 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     shared_bytes = PyBytes_CheckExact(frame); /* else deliver() takes every connection */
     it = PyObject_GetIter(args[0]);
     if (it == NULL) return NULL;
-    batch_start(&batch);
-    if (!shared_bytes || PyBytes_GET_SIZE(frame) == 0 || PyBytes_GET_SIZE(frame) > INT_MAX) {
-        batch_end(&batch, frame, failed, &sent); /* nothing to batch */
-    }
+    held = shared_bytes && batch_hold();
     while (!stop && (conn = PyIter_Next(it)) != NULL) {
         PyObject *protocol, *transport, *corked, *out, *r;
 
@@ -2696,22 +2921,15 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             && (out = SLOT(protocol, fp.p_out)) != NULL && PyList_CheckExact(out)
             && (transport = SLOT(conn, fp.c_transport)) != NULL) {
             if (corked == small_zero /* the int 0 */ && SLOT(conn, fp.c_broadcast_epoch) != epoch) {
-                int fd = batch.on ? direct_fd(conn, transport, 0) : -1;
+                int queued = held ? batch_write(conn, transport, frame, NULL, 0) : 0;
 
                 slot_set(conn, fp.c_broadcast_epoch, epoch);
-#ifdef BATCHED_SENDS
-                if (fd >= 0) {
-                    batch_add(&batch, fd, frame, conn, transport);
-                    r = Py_NewRef(Py_None); /* counted by batch_flush() */
-                    if (batch.n == BATCH && batch_flush(&batch, frame, failed, &sent) < 0) {
-                        stop = 1;
-                    }
+                if (queued > 0) { /* counted by batch_submit() */
                     Py_DECREF(conn);
-                    Py_DECREF(r);
+                    if (batch_full() && batch_submit(frame, failed, &sent) < 0) stop = 1;
                     continue;
                 }
-#endif
-                r = fd == -2 ? NULL : conn_write(conn, transport, &frame, 1, NULL, 0);
+                r = queued < 0 ? NULL : conn_write(conn, transport, &frame, 1, NULL, 0);
             }
             else if (PyList_Append(out, frame) < 0 || conn_cork(conn, PyBytes_GET_SIZE(frame)) < 0) {
                 r = NULL;
@@ -2722,12 +2940,12 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (r != NULL) {
                 sent++;
             }
-            else if (batch_flush(&batch, frame, failed, &sent) == 0 /* before Python code runs */
+            else if ((!held || batch_submit(frame, failed, &sent) == 0) /* before Python code runs */
                      && write_failed(conn, failed) == 0) {
                 r = Py_NewRef(Py_None);
             }
         }
-        else if (batch_flush(&batch, frame, failed, &sent) < 0) { /* before Python code runs */
+        else if (held && batch_submit(frame, failed, &sent) < 0) { /* before Python code runs */
             r = NULL;
         }
         else {
@@ -2749,7 +2967,13 @@ broadcast_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(r);
     }
     Py_DECREF(it);
-    if (batch_end(&batch, frame, failed, &sent) < 0 || PyErr_Occurred()) return NULL;
+    if (held) {
+        int pending = PyErr_Occurred() != NULL;
+        int status = batch_submit(frame, failed, &sent);
+        batch_release();
+        if (pending || status < 0) return NULL;
+    }
+    if (PyErr_Occurred()) return NULL;
     return PyLong_FromSsize_t(sent);
 }
 
@@ -2885,6 +3109,8 @@ static PyMethodDef speedups_methods[] = {
      broadcast_plain_doc},
     {"batched_sends", (PyCFunction)(void (*)(void))batched_sends, METH_FASTCALL,
      batched_sends_doc},
+    {"flush_corked", (PyCFunction)(void (*)(void))flush_corked, METH_FASTCALL,
+     flush_corked_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -38,9 +38,12 @@ made when this module is imported.
                      for every other case
 ``broadcast_plain``  the loop of ``broadcast()`` for plain connections
                      (``None`` on the pure path)
+``flush_corked``     the loop of ``Server._flush_corked()`` (``None`` on the
+                     pure path)
 ``batched_sends``    ``(enable=None, /) -> (bool, int)``: whether
-                     ``broadcast_plain`` hands the kernel its direct
-                     writes in batches through io_uring (Linux 5.19+), and
+                     ``broadcast_plain`` and ``flush_corked`` hand the
+                     kernel their direct writes in batches through
+                     io_uring (Linux 5.19+), and
                      how many sends went that way in this process; turns
                      batching on or off first when given a flag.
                      ``SHARDWS_NO_IO_URING=1`` turns it off at import.
@@ -537,6 +540,7 @@ parse_head: Callable[..., Head | None] = py_parse_head
 # shardws.asyncio.server._install_fast_paths).
 connection_fast_paths: Callable[..., dict[str, Any]] | None = None
 broadcast_plain: Callable[..., int] | None = None
+flush_corked: Callable[..., None] | None = None
 
 
 def py_batched_sends(enable: bool | None = None, /) -> tuple[bool, int]:
@@ -566,6 +570,7 @@ if os.environ.get("SHARDWS_NO_SPEEDUPS", "") in ("", "0"):
         parse_head = getattr(_speedups, "parse_head", py_parse_head)
         connection_fast_paths = getattr(_speedups, "connection_fast_paths", None)
         broadcast_plain = getattr(_speedups, "broadcast_plain", None)
+        flush_corked = getattr(_speedups, "flush_corked", None)
         if hasattr(_speedups, "batched_sends"):
             batched_sends = _speedups.batched_sends
             if os.environ.get("SHARDWS_NO_IO_URING", "") not in ("", "0"):

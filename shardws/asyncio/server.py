@@ -117,16 +117,24 @@ class Server:
         this list (and the first connection schedules this call); the next
         messages join it; past ``_cork_limit`` bytes send() writes everything
         at once (bounded memory; write_limit's back-pressure still applies);
-        a handler that waits in recv() writes what it corked before it waits.
+        a handler that waits in recv() writes what it corked before it waits,
+        unless the C speedups batch (``speedups.batched_sends()``): it then
+        leaves it to this call, which hands the kernel the writes of all the
+        connections with one system call per 256 (docs/internals.md).
         """
         connections = self._to_flush
         self._to_flush = []
+        if _flush_corked is not None:
+            _flush_corked(connections, _flush_one)
+            return
+        error: BaseException | None = None
         for connection in connections:
-            # ServerConnection._flush_corked, inlined: most connections of an
-            # echo already wrote in recv(), so this is one check each.
-            connection._flush_scheduled = False
-            if connection._corked and not connection._transport.is_closing():
-                connection._flush()
+            try:
+                _flush_one(connection)
+            except BaseException as exc:  # the others are written all the same
+                error = error or exc
+        if error is not None:
+            raise error
 
     def _unregister(self, connection: ServerConnection) -> None:
         self._connections.discard(connection)
@@ -438,6 +446,17 @@ class unix_serve(serve):
         kwargs.pop("reuse_port", None)  # meaningless for Unix sockets
         super().__init__(handler, **kwargs)
         self._kwargs["path"] = path
+
+
+def _flush_one(connection: ServerConnection) -> None:
+    """Server._flush_corked() for one connection (what speedups.flush_corked
+    does in C, in batches, for the connections the C fast paths serve)."""
+    connection._flush_scheduled = False
+    if connection._corked and not connection._transport.is_closing():
+        connection._flush()
+
+
+_flush_corked = speedups.flush_corked if speedups.connection_fast_paths else None
 
 
 # (method of ServerConnection, the name its Python version keeps when the C

@@ -1,13 +1,14 @@
 """Batched sends: with the C speedups on Linux 5.19 or later, broadcast()
-hands the kernel the direct writes of one call through io_uring, one system
-call per 256 deliveries; what the kernel does not take goes to the
-transport, as for any direct write (test_direct_writes.py). Turned off
-(``batched_sends(False)``, ``SHARDWS_NO_IO_URING=1``) or where io_uring is
-missing, each delivery is one send(). The peers see the same bytes either
-way."""
+and the end of a loop iteration (Server._flush_corked) hand the kernel their
+direct writes through io_uring, one system call per 256 connections; what
+the kernel does not take goes to the transport, as for any direct write
+(test_direct_writes.py). Turned off (``batched_sends(False)``,
+``SHARDWS_NO_IO_URING=1``) or where io_uring is missing, each write is one
+send(). The peers see the same bytes either way."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -111,6 +112,105 @@ async def test_batches_keep_each_connection_s_order_among_compressed_and_corked_
     assert [await plain[0].recv() for _ in range(3)] == ["own", "one", "two"]
     for client in plain[1:] + compressed:
         assert [await client.recv(), await client.recv()] == ["one", "two"]
+
+
+@pytest.mark.both_loops
+async def test_what_a_loop_iteration_corked_goes_out_in_batches(
+    start_server: StartServer, batching: bool
+) -> None:
+    clients, connections = await open_raw(start_server, 300)
+    before = batched()
+    for i, connection in enumerate(connections):
+        await connection.send(f"to {i}")  # corked: Server._flush_corked writes it
+        await connection.send(b"and more")
+    for i, client in enumerate(clients):
+        assert [await client.next_event(), await client.next_event()] == [f"to {i}", b"and more"]
+    assert batched() - before == (300 if batching else 0)
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.mark.both_loops
+async def test_recv_leaves_its_write_to_the_batch_only_when_another_connection_waits_too(
+    start_server: StartServer, batching: bool
+) -> None:
+    clients, connections = await open_raw(start_server, 2)
+
+    async def answer_then_wait(connection: shardws.ServerConnection) -> Any:
+        await connection.send("answer")
+        return await connection.recv()
+
+    before = batched()
+    # both steps run in one loop iteration: the first connection is alone on
+    # the server's list when its recv() waits, and writes at once; the
+    # second one joins it and leaves its write to the batch
+    tasks = [asyncio.create_task(answer_then_wait(c)) for c in connections]
+    for client in clients:
+        assert await client.next_event() == "answer"
+    assert batched() - before == (1 if batching else 0)
+    for i, client in enumerate(clients):
+        client.send_text(f"next {i}")
+    assert await asyncio.gather(*tasks) == ["next 0", "next 1"]
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.mark.both_loops
+async def test_a_corked_write_the_kernel_takes_in_part_arrives_whole_and_in_order(
+    start_server: StartServer, batching: bool
+) -> None:
+    acc = Accepted()
+    server = await start_server(acc.handler, compression=None, max_size=None, write_limit=2**24)
+    peers = [await socket_client(port_of(server), rcvbuf=2**12) for _ in range(2)]
+    connections = [await acc.next() for _ in peers]
+    connections[0]._transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 2**12
+    )
+    # 8 messages of 4000 bytes (each one chunk, under SPLIT_PAYLOAD_AT): 32 KB
+    # corked, more than the first connection's socket takes at once
+    messages = [bytes([i]) * 4000 for i in range(8)]
+    for connection in connections:
+        for message in messages:
+            await connection.send(message)
+    before = batched()
+    server._flush_corked()  # as the loop is about to
+    assert batched() - before == (2 if batching else 0)
+    # the kernel took part of the first connection's: the rest is in the transport
+    assert connections[0]._transport.get_write_buffer_size() > 0
+    many = [f"small {i}" for i in range(20)]  # more than 8 chunks: written alone, not batched
+    for connection in connections:
+        for text in many:
+            await connection.send(text)
+    server._flush_corked()
+    assert batched() - before == (2 if batching else 0)
+    for sock, protocol, events in peers:
+        assert await read_events(sock, protocol, events, 28) == messages + many
+        sock.close()
+
+
+async def test_a_write_that_raises_leaves_the_others_written(
+    start_server: StartServer, batching: bool
+) -> None:
+    # default loop only: uvloop's transport methods cannot be replaced
+    clients, connections = await open_raw(start_server, 3)
+    broken = connections[1]
+    broken._sock_fd = -1  # through transport.write(), which fails
+
+    def write(data: Any) -> None:
+        raise OSError("write failed")
+
+    broken._transport.write = write  # type: ignore[method-assign]
+    broken._transport.writelines = write  # type: ignore[method-assign]
+    for connection in connections:
+        await connection.send("corked")
+    with pytest.raises(OSError, match="write failed"):
+        connections[0]._server._flush_corked()  # as the loop will call it
+    assert [c._flush_scheduled for c in connections] == [False] * 3
+    for client in (clients[0], clients[2]):
+        assert await client.next_event() == "corked"
+        await client.aclose()
+    broken._transport.abort()  # it could not even write its close frame
+    assert await clients[1].until_eof() == []
 
 
 async def test_shardws_no_io_uring_turns_batching_off(tmp_path: Any) -> None:

@@ -218,7 +218,8 @@ async def flush_now(connection: shardws.ServerConnection) -> None:
 
 async def wait_in_recv(connection: shardws.ServerConnection) -> None:
     # recv() writes what send() corked before it waits, unless the transport
-    # is closing (the C path then sends without asking the transport again)
+    # is closing (the C path then sends without asking the transport again);
+    # alone on the server's list, it never leaves it to the batch
     with pytest.raises(shardws.ConnectionClosed):
         async with asyncio.timeout(5):  # recv() runs in this task: before the loss is seen
             await connection.recv()
