@@ -45,6 +45,23 @@ def batched() -> int:
     return speedups.batched_sends()[1]
 
 
+async def bare_peers(
+    start_server: StartServer, count: int, size: int, small: int
+) -> tuple[shardws.Server, list[Any], list[shardws.ServerConnection]]:
+    """``count`` clients on bare sockets (test_direct_writes.socket_client)
+    with receive buffers of ``size`` bytes; the first ``small`` server
+    connections get send buffers of that size too."""
+    acc = Accepted()
+    server = await start_server(acc.handler, compression=None, max_size=None, write_limit=2**24)
+    peers = [await socket_client(port_of(server), rcvbuf=size) for _ in range(count)]
+    connections = [await acc.next() for _ in peers]
+    for connection in connections[:small]:
+        connection._transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, size
+        )
+    return server, peers, connections
+
+
 @pytest.mark.both_loops
 async def test_a_broadcast_to_more_connections_than_a_batch_reaches_each_once(
     start_server: StartServer, batching: bool
@@ -65,14 +82,8 @@ async def test_a_broadcast_to_more_connections_than_a_batch_reaches_each_once(
 async def test_what_the_kernel_does_not_take_goes_through_the_transport_in_order(
     start_server: StartServer, batching: bool
 ) -> None:
-    acc = Accepted()
-    server = await start_server(acc.handler, compression=None, max_size=None, write_limit=2**24)
-    peers = [await socket_client(port_of(server), rcvbuf=2**16) for _ in range(3)]
-    connections = [await acc.next() for _ in peers]
-    for connection in connections[:2]:  # small buffers: the kernel takes part of the frame
-        connection._transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 2**16
-        )
+    # small buffers on two: the kernel takes part of the frame
+    _, peers, connections = await bare_peers(start_server, 3, 2**16, small=2)
     big = bytes(range(256)) * 2**12  # 1 MiB
     before = batched()
     shardws.broadcast(connections, big)
@@ -159,13 +170,7 @@ async def test_recv_leaves_its_write_to_the_batch_only_when_another_connection_w
 async def test_a_corked_write_the_kernel_takes_in_part_arrives_whole_and_in_order(
     start_server: StartServer, batching: bool
 ) -> None:
-    acc = Accepted()
-    server = await start_server(acc.handler, compression=None, max_size=None, write_limit=2**24)
-    peers = [await socket_client(port_of(server), rcvbuf=2**12) for _ in range(2)]
-    connections = [await acc.next() for _ in peers]
-    connections[0]._transport.get_extra_info("socket").setsockopt(
-        socket.SOL_SOCKET, socket.SO_SNDBUF, 2**12
-    )
+    server, peers, connections = await bare_peers(start_server, 2, 2**12, small=1)
     # 8 messages of 4000 bytes (each one chunk, under SPLIT_PAYLOAD_AT): 32 KB
     # corked, more than the first connection's socket takes at once
     messages = [bytes([i]) * 4000 for i in range(8)]
