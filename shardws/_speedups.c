@@ -1807,14 +1807,16 @@ ring_forked(void)
     ring.forked = 1;
 }
 
+/* Unmap the ring, and close its descriptor when `close_fd`: not after
+ * io_uring_enter() refused it, when the number may be another file's now. */
 static void
-ring_release(void)
+ring_release(int close_fd)
 {
     if (ring.sqes != NULL && ring.sqes != MAP_FAILED) munmap(ring.sqes, ring.sqes_len);
     if (ring.cq_map != NULL && ring.cq_map != MAP_FAILED && ring.cq_map != ring.sq_map)
         munmap(ring.cq_map, ring.cq_len);
     if (ring.sq_map != NULL && ring.sq_map != MAP_FAILED) munmap(ring.sq_map, ring.sq_len);
-    if (ring.fd >= 0) close(ring.fd);
+    if (ring.fd >= 0 && close_fd) close(ring.fd);
     ring.sqes = NULL;
     ring.sq_map = ring.cq_map = NULL;
     ring.fd = -1;
@@ -1835,7 +1837,7 @@ ring_ready(void)
 
     if (ring.fd >= 0) {
         if (!ring.forked) return 1;
-        ring_release(); /* inherited through fork(): the parent's to use */
+        ring_release(1); /* inherited through fork(): the parent's to use */
         ring.failed = ring.forked = ring.busy = 0;
         batch.n = 0;
     }
@@ -1882,7 +1884,7 @@ ring_ready(void)
     return 1;
 
 fail:
-    ring_release();
+    ring_release(1);
     return 0;
 }
 #endif
@@ -2027,7 +2029,7 @@ batch_submit(PyObject *frame, PyObject *failed, Py_ssize_t *sent)
 {
 #ifdef BATCHED_SENDS
     Py_ssize_t n = batch.n, taken, done = 0, i;
-    int status = 0;
+    int status = 0, broken = 0;
     PyObject *err_type = NULL, *err = NULL, *err_tb = NULL;
     PyObject *pending_type, *pending, *pending_tb;
     unsigned start;
@@ -2045,7 +2047,8 @@ batch_submit(PyObject *frame, PyObject *failed, Py_ssize_t *sent)
         /* the sends are issued, and complete, inside this call */
         r = syscall(__NR_io_uring_enter, ring.fd, (unsigned)(n - taken), 0, 0, NULL, 0);
         if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
+        if (r <= 0) { /* EAGAIN, EBUSY: for now; anything else (its fd closed): for good */
+            broken = r < 0 && errno != EAGAIN && errno != EBUSY;
             taken = (Py_ssize_t)(__atomic_load_n(ring.sq_head, __ATOMIC_ACQUIRE) - start);
             break;
         }
@@ -2073,8 +2076,8 @@ batch_submit(PyObject *frame, PyObject *failed, Py_ssize_t *sent)
         }
     }
     batched_count += (unsigned long long)done;
-    if (done < taken) { /* cannot happen; if it does, the ring is not used again */
-        ring_release();
+    if (broken || done < taken) { /* the ring is not used again in this process */
+        ring_release(0);
         ring.failed = 1;
     }
     for (i = 0; i < n; i++) {

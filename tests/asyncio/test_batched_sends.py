@@ -271,6 +271,61 @@ print("ok", RING)
 """
 
 
+RING_CLOSED = """
+import asyncio, os
+from websockets.asyncio.client import connect
+import shardws
+from shardws import speedups
+
+async def main():
+    connections, ready = [], asyncio.Event()
+
+    async def handler(ws):
+        connections.append(ws)
+        if len(connections) == 2:
+            ready.set()
+        await ws.wait_closed()
+
+    async with shardws.serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}") as a, connect(f"ws://127.0.0.1:{port}") as b:
+            await asyncio.wait_for(ready.wait(), 10)
+            shardws.broadcast(connections, "through the ring")
+            assert await a.recv() == await b.recv() == "through the ring"
+            # something closes every descriptor it does not know, the ring's too
+            rings = []
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]":
+                        rings.append(int(fd))
+                except FileNotFoundError:  # the directory's own descriptor
+                    pass
+            assert len(rings) == 1
+            os.close(rings[0])
+            before = speedups.batched_sends()[1]
+            shardws.broadcast(connections, "one by one")
+            assert await a.recv() == await b.recv() == "one by one"
+            await connections[0].send("and the end of the iteration")
+            await connections[1].send("too")
+            assert await a.recv() == "and the end of the iteration"
+            assert await b.recv() == "too"
+            assert speedups.batched_sends() == (False, before)
+
+if speedups.broadcast_plain is not None and speedups.batched_sends()[0]:
+    asyncio.run(main())
+    print("ok")
+else:
+    print("no ring")
+"""
+
+
+async def test_a_ring_closed_under_the_server_leaves_it_writing_one_by_one() -> None:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(RING_CLOSED)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == (["ok"] if RING else ["no ring"])
+
+
 async def test_a_forked_child_batches_through_a_ring_of_its_own() -> None:
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(FORKED)], capture_output=True,
                          text=True, timeout=60)
