@@ -1880,7 +1880,7 @@ ring_ready(void)
     ring.cq_tail = (unsigned *)(cq + p.cq_off.tail);
     ring.cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
     ring.cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
-    ring.failed = 0;
+    ring.failed = ring.forked = 0;
     return 1;
 
 fail:
