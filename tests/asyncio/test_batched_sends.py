@@ -229,15 +229,17 @@ async def test_shardws_no_io_uring_turns_batching_off(tmp_path: Any) -> None:
     assert speedups.batched_sends(True)[0] is RING
 
 
-FORKED = """
-import asyncio, os, sys
+# The two programs below run in a process of their own (a fork, a ring
+# closed for good): both serve two clients and run a body on them.
+TWO_CLIENTS = """
+import asyncio, os
 from websockets.asyncio.client import connect
 import shardws
 from shardws import speedups
 
 RING = speedups.broadcast_plain is not None and speedups.batched_sends()[0]
 
-async def broadcast_twice():
+async def with_two_clients(body):
     connections, ready = [], asyncio.Event()
 
     async def handler(ws):
@@ -250,69 +252,56 @@ async def broadcast_twice():
         port = next(iter(server.sockets)).getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}") as a, connect(f"ws://127.0.0.1:{port}") as b:
             await asyncio.wait_for(ready.wait(), 10)
-            before = speedups.batched_sends()[1]
-            shardws.broadcast(connections, f"from {os.getpid()}")
-            assert await a.recv() == await b.recv() == f"from {os.getpid()}"
-            assert speedups.batched_sends()[1] - before == (2 if RING else 0)
+            await body(connections, a, b)
+"""
 
-asyncio.run(broadcast_twice())  # the parent sets up its ring
+FORKED = TWO_CLIENTS + """
+async def broadcast(connections, a, b):
+    before = speedups.batched_sends()[1]
+    shardws.broadcast(connections, f"from {os.getpid()}")
+    assert await a.recv() == await b.recv() == f"from {os.getpid()}"
+    assert speedups.batched_sends()[1] - before == (2 if RING else 0)
+
+asyncio.run(with_two_clients(broadcast))  # the parent sets up its ring
 pid = os.fork()
 if pid == 0:  # the child must not submit to the parent's ring: it sets up its own
     try:
-        asyncio.run(broadcast_twice())
+        asyncio.run(with_two_clients(broadcast))
     except BaseException as exc:
         print("child:", repr(exc), flush=True)
         os._exit(1)
     os._exit(0)
 _, status = os.waitpid(pid, 0)
 assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
-asyncio.run(broadcast_twice())  # the parent's ring still works
+asyncio.run(with_two_clients(broadcast))  # the parent's ring still works
 print("ok", RING)
 """
 
+RING_CLOSED = TWO_CLIENTS + """
+async def close_the_ring(connections, a, b):
+    shardws.broadcast(connections, "through the ring")
+    assert await a.recv() == await b.recv() == "through the ring"
+    # something closes every descriptor it does not know, the ring's too
+    rings = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]":
+                rings.append(int(fd))
+        except FileNotFoundError:  # the directory's own descriptor
+            pass
+    assert len(rings) == 1
+    os.close(rings[0])
+    before = speedups.batched_sends()[1]
+    shardws.broadcast(connections, "one by one")
+    assert await a.recv() == await b.recv() == "one by one"
+    await connections[0].send("and the end of the iteration")
+    await connections[1].send("too")
+    assert await a.recv() == "and the end of the iteration"
+    assert await b.recv() == "too"
+    assert speedups.batched_sends() == (False, before)
 
-RING_CLOSED = """
-import asyncio, os
-from websockets.asyncio.client import connect
-import shardws
-from shardws import speedups
-
-async def main():
-    connections, ready = [], asyncio.Event()
-
-    async def handler(ws):
-        connections.append(ws)
-        if len(connections) == 2:
-            ready.set()
-        await ws.wait_closed()
-
-    async with shardws.serve(handler, "127.0.0.1", 0, compression=None) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        async with connect(f"ws://127.0.0.1:{port}") as a, connect(f"ws://127.0.0.1:{port}") as b:
-            await asyncio.wait_for(ready.wait(), 10)
-            shardws.broadcast(connections, "through the ring")
-            assert await a.recv() == await b.recv() == "through the ring"
-            # something closes every descriptor it does not know, the ring's too
-            rings = []
-            for fd in os.listdir("/proc/self/fd"):
-                try:
-                    if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]":
-                        rings.append(int(fd))
-                except FileNotFoundError:  # the directory's own descriptor
-                    pass
-            assert len(rings) == 1
-            os.close(rings[0])
-            before = speedups.batched_sends()[1]
-            shardws.broadcast(connections, "one by one")
-            assert await a.recv() == await b.recv() == "one by one"
-            await connections[0].send("and the end of the iteration")
-            await connections[1].send("too")
-            assert await a.recv() == "and the end of the iteration"
-            assert await b.recv() == "too"
-            assert speedups.batched_sends() == (False, before)
-
-if speedups.broadcast_plain is not None and speedups.batched_sends()[0]:
-    asyncio.run(main())
+if RING:
+    asyncio.run(with_two_clients(close_the_ring))
     print("ok")
 else:
     print("no ring")
