@@ -15,10 +15,11 @@
  *   parse_head(data, max_head, max_headers, max_line, names, values, /)
  *       -> (int, (str, str, str), list[tuple[str, str]], dict) | None
  *
- * The server's fast paths at the end (connection_fast_paths, broadcast_plain)
- * have no twin there: the Python methods of ServerConnection and broadcast()
- * they stand in for are their specification, and they call those
- * methods for every case they do not take (docs/internals.md).
+ * The server's fast paths at the end (connection_fast_paths, flush_corked,
+ * broadcast_plain, and the batched sends under the last two) have no twin
+ * there: the Python methods of ServerConnection, Server._flush_corked() and
+ * broadcast() they stand in for are their specification, and they call
+ * those methods for every case they do not take (docs/internals.md).
  *
  * RFC 6455 section 5.3: "octet i of the transformed data
  * ("transformed-octet-i") is the XOR of octet i of the original data
@@ -1698,10 +1699,17 @@ write_rest(PyObject *conn, PyObject *transport, PyObject *const *chunks, Py_ssiz
     return r;
 }
 
+static int batch_write(PyObject *conn, PyObject *transport, PyObject *frame, PyObject *chunks,
+                       int open);
+static int batch_full(void);
+static int batch_submit(PyObject *frame, PyObject *failed, Py_ssize_t *sent);
+
 /* ServerConnection._flush: write what the protocol queued. `open`: as for
- * direct_fd(). */
+ * direct_fd(). `queue`: the caller holds the batch (batch_hold()), and the
+ * write joins it when it can; batch_submit() then finishes it, the closing
+ * check below included. */
 static PyObject *
-flush_queued(PyObject *self, int open)
+flush_queued(PyObject *self, int open, int queue)
 {
     PyObject *protocol, *out, *transport, *r;
 
@@ -1722,6 +1730,17 @@ flush_queued(PyObject *self, int open)
             Py_DECREF(out);
             return NULL;
         }
+        if (queue) {
+            int queued = batch_write(self, transport, NULL, out, open);
+            if (queued > 0) { /* the batch took `out` */
+                if (batch_full() && batch_submit(NULL, NULL, NULL) < 0) return NULL;
+                Py_RETURN_NONE;
+            }
+            if (queued < 0) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        }
         r = conn_write(self, transport, &PyList_GET_ITEM(out, 0), PyList_GET_SIZE(out), out, open);
         Py_DECREF(out);
         if (r == NULL) return NULL;
@@ -1739,7 +1758,7 @@ slow:
 static PyObject *
 conn_flush(PyObject *self, PyObject *unused)
 {
-    return flush_queued(self, 0);
+    return flush_queued(self, 0, 0);
 }
 
 /* -- batched sends */
@@ -1754,9 +1773,10 @@ conn_flush(PyObject *self, PyObject *unused)
  * in part, or failed with EAGAIN or an error -- exactly as conn_write()'s
  * send() would, and the same rules follow: what the kernel did not take goes
  * to the transport. A batch holds at most one write per connection, and
- * nothing runs between a connection's checks (direct_fd()) and the batch's
- * submission but other connections' checks: before any call into Python
- * code that could write, the holder submits the batch.
+ * between a connection's checks (direct_fd()) and the batch's submission
+ * only other connections' checks and writes run: before a call into code
+ * that could write to any connection (deliver(), failed(), a subclass's
+ * _flush()), the holder submits the batch.
  *
  * The ring belongs to the process that set it up (a forked child sets up
  * its own: ring_forked()) and to one holder at a time: a caller that finds it
@@ -2019,8 +2039,8 @@ write_failed(PyObject *conn, PyObject *failed)
  * queued output was written (chunks) that is no longer OPEN then starts
  * closing, as after flush_queued(). Every connection of the batch is dealt
  * with even when one raises (failed(), when given, takes an Exception, as
- * in broadcast_plain()); the first error stays set (-1). `sent` counts the
- * writes made. A send whose outcome cannot be known (collecting failed)
+ * in broadcast_plain()); the first error stays set (-1). `sent`, when not
+ * NULL, counts the writes made. A send whose outcome cannot be known (collecting failed)
  * leaves its stream in doubt: that connection is aborted. An exception set
  * on entry is set again on return, or becomes the context of the
  * submission's own. */
@@ -2107,7 +2127,7 @@ batch_submit(PyObject *frame, PyObject *failed, Py_ssize_t *sent)
             Py_SETREF(r, PyObject_CallMethodNoArgs(s->conn, str_closing_started));
         }
         if (r != NULL) {
-            *sent += wrote;
+            if (sent != NULL) *sent += wrote;
             Py_DECREF(r);
         }
         else if (write_failed(s->conn, failed) < 0) {
@@ -2158,7 +2178,7 @@ batch_write(PyObject *conn, PyObject *transport, PyObject *frame, PyObject *chun
             total += PyBytes_GET_SIZE(PyList_GET_ITEM(chunks, k));
         }
     }
-    if (total == 0 || total > INT_MAX) return 0;
+    if (total == 0 || total > INT_MAX || ring.fd < 0 /* dropped by batch_submit() */) return 0;
     fd = direct_fd(conn, transport, open);
     if (fd < 0) return fd == -2 ? -1 : 0;
     batch_add(fd, frame, chunks, total, conn, transport);
@@ -2217,7 +2237,7 @@ static PyObject *
 flush_corked(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *list, *flush_one, *err_type = NULL, *err = NULL, *err_tb = NULL;
-    Py_ssize_t i, sent = 0;
+    Py_ssize_t i;
     int held;
 
     if (check_nargs("flush_corked", nargs, 2, 2) < 0) return NULL;
@@ -2229,59 +2249,27 @@ flush_corked(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     held = fp.conn_type != NULL && batch_hold();
     for (i = 0; i < PyList_GET_SIZE(list); i++) {
-        PyObject *conn = Py_NewRef(PyList_GET_ITEM(list, i));
-        PyObject *protocol, *transport, *out, *corked, *r = NULL, *v;
-        int truth, queued = 0;
+        PyObject *conn = Py_NewRef(PyList_GET_ITEM(list, i)), *transport, *corked, *r = NULL, *v;
+        int truth, closing;
 
-        if (conn_checked(conn)
-            && (protocol = SLOT(conn, fp.c_protocol)) != NULL
-            && Py_IS_TYPE(protocol, fp.protocol_type)
-            && (out = SLOT(protocol, fp.p_out)) != NULL && PyList_CheckExact(out)
-            && (transport = SLOT(conn, fp.c_transport)) != NULL
-            && (corked = SLOT(conn, fp.c_corked)) != NULL && PyLong_CheckExact(corked)
-            && (SLOT(conn, fp.c_join_writes) == Py_False
-                || SLOT(conn, fp.c_join_writes) == Py_True)) {
+        if (conn_checked(conn) && (corked = SLOT(conn, fp.c_corked)) != NULL
+            && (transport = SLOT(conn, fp.c_transport)) != NULL) {
+            /* flush_one(), with the write queued */
             slot_set(conn, fp.c_flush_scheduled, Py_False);
-            truth = corked != small_zero && PyObject_IsTrue(corked);
-            if (!truth) {
-                r = Py_NewRef(Py_None);
-                goto next;
+            truth = corked == small_zero ? 0 : PyObject_IsTrue(corked);
+            if (truth > 0) {
+                v = PyObject_CallMethodNoArgs(transport, str_is_closing);
+                closing = v == NULL ? -1 : PyObject_IsTrue(v);
+                Py_XDECREF(v);
+                truth = closing < 0 ? -1 : !closing;
             }
-            v = PyObject_CallMethodNoArgs(transport, str_is_closing);
-            if (v == NULL) goto next;
-            truth = PyObject_IsTrue(v);
-            Py_DECREF(v);
-            if (truth) {
-                r = truth < 0 ? NULL : Py_NewRef(Py_None);
-                goto next;
-            }
-            if (held && PyList_GET_SIZE(out) > 0) {
-                /* flush_queued()'s steps, with the write queued */
-                PyObject *chunks = Py_NewRef(out);
-                if (slot_set_new(conn, fp.c_corked, PyLong_FromLong(0)) < 0
-                    || slot_set_new(protocol, fp.p_out, PyList_New(0)) < 0
-                    || slot_set_new(protocol, fp.p_pending_pongs, PyLong_FromLong(0)) < 0) {
-                    Py_DECREF(chunks);
-                    goto next;
-                }
-                queued = batch_write(conn, transport, NULL, chunks, 1);
-                if (queued > 0) {
-                    r = Py_NewRef(Py_None);
-                    if (batch_full() && batch_submit(NULL, NULL, &sent) < 0) Py_CLEAR(r);
-                    goto next;
-                }
-                slot_set_new(protocol, fp.p_out, chunks); /* back: flush_queued() writes it */
-                if (queued < 0) goto next;
-            }
-            /* Python code may run from here: the batch goes first */
-            if (held && batch_submit(NULL, NULL, &sent) < 0) goto next;
-            r = flush_queued(conn, 1);
+            if (truth > 0) r = flush_queued(conn, 1, held);
+            else if (truth == 0) r = Py_NewRef(Py_None);
         }
-        else {
-            if (held && batch_submit(NULL, NULL, &sent) < 0) goto next;
+        /* any code may run in a subclass's _flush(): the batch goes first */
+        else if (!held || batch_submit(NULL, NULL, NULL) == 0) {
             r = PyObject_CallOneArg(flush_one, conn);
         }
-    next:
         Py_DECREF(conn);
         if (r == NULL) {
             if (err_type == NULL) PyErr_Fetch(&err_type, &err, &err_tb);
@@ -2290,7 +2278,7 @@ flush_corked(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(r);
     }
     if (held) {
-        if (batch_submit(NULL, NULL, &sent) < 0) {
+        if (batch_submit(NULL, NULL, NULL) < 0) {
             if (err_type == NULL) PyErr_Fetch(&err_type, &err, &err_tb);
             else PyErr_Clear();
         }
@@ -2668,7 +2656,7 @@ receive_step(ReceiveObject *r, PyObject *arg, PyObject **result)
         Py_DECREF(v);
         if (closing < 0) goto error;
         if (!closing) {
-            v = flush_queued(conn, 1);
+            v = flush_queued(conn, 1, 0);
             if (v == NULL) goto error;
             Py_DECREF(v);
         }

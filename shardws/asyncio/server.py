@@ -124,8 +124,8 @@ class Server:
         """
         connections = self._to_flush
         self._to_flush = []
-        if _flush_corked is not None:
-            _flush_corked(connections, _flush_one)
+        if _flush_corked_c is not None:
+            _flush_corked_c(connections, _flush_one)
             return
         error: BaseException | None = None
         for connection in connections:
@@ -456,7 +456,8 @@ def _flush_one(connection: ServerConnection) -> None:
         connection._flush()
 
 
-_flush_corked = speedups.flush_corked if speedups.connection_fast_paths else None
+# the loop of Server._flush_corked() in C, with the writes batched
+_flush_corked_c = speedups.flush_corked if speedups.connection_fast_paths else None
 
 
 # (method of ServerConnection, the name its Python version keeps when the C

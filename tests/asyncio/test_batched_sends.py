@@ -230,8 +230,8 @@ async def test_shardws_no_io_uring_turns_batching_off(tmp_path: Any) -> None:
 
 
 # The two programs below run in a process of their own (a fork, a ring
-# closed for good): both serve two clients and run a body on them.
-TWO_CLIENTS = """
+# closed for good): both serve clients and run a body on them.
+CLIENTS = """
 import asyncio, os
 from websockets.asyncio.client import connect
 import shardws
@@ -239,48 +239,55 @@ from shardws import speedups
 
 RING = speedups.broadcast_plain is not None and speedups.batched_sends()[0]
 
-async def with_two_clients(body):
+async def with_clients(count, body):
     connections, ready = [], asyncio.Event()
 
     async def handler(ws):
         connections.append(ws)
-        if len(connections) == 2:
+        if len(connections) == count:
             ready.set()
         await ws.wait_closed()
 
     async with shardws.serve(handler, "127.0.0.1", 0, compression=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
-        async with connect(f"ws://127.0.0.1:{port}") as a, connect(f"ws://127.0.0.1:{port}") as b:
-            await asyncio.wait_for(ready.wait(), 10)
-            await body(connections, a, b)
+        clients = [await connect(f"ws://127.0.0.1:{port}") for _ in range(count)]
+        await asyncio.wait_for(ready.wait(), 10)
+        await body(connections, clients)
+        for client in clients:
+            await client.close()
+
+async def everyone_gets(clients, message):
+    assert [await client.recv() for client in clients] == [message] * len(clients)
 """
 
-FORKED = TWO_CLIENTS + """
-async def broadcast(connections, a, b):
+FORKED = CLIENTS + """
+async def broadcast(connections, clients):
     before = speedups.batched_sends()[1]
     shardws.broadcast(connections, f"from {os.getpid()}")
-    assert await a.recv() == await b.recv() == f"from {os.getpid()}"
+    await everyone_gets(clients, f"from {os.getpid()}")
     assert speedups.batched_sends()[1] - before == (2 if RING else 0)
 
-asyncio.run(with_two_clients(broadcast))  # the parent sets up its ring
+asyncio.run(with_clients(2, broadcast))  # the parent sets up its ring
 pid = os.fork()
 if pid == 0:  # the child must not submit to the parent's ring: it sets up its own
     try:
-        asyncio.run(with_two_clients(broadcast))
+        asyncio.run(with_clients(2, broadcast))
     except BaseException as exc:
         print("child:", repr(exc), flush=True)
         os._exit(1)
     os._exit(0)
 _, status = os.waitpid(pid, 0)
 assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
-asyncio.run(with_two_clients(broadcast))  # the parent's ring still works
+asyncio.run(with_clients(2, broadcast))  # the parent's ring still works
 print("ok", RING)
 """
 
-RING_CLOSED = TWO_CLIENTS + """
-async def close_the_ring(connections, a, b):
+# 300 connections: the first batch of 256 finds the ring gone, the rest are
+# written after it was dropped
+RING_CLOSED = CLIENTS + """
+async def close_the_ring(connections, clients):
     shardws.broadcast(connections, "through the ring")
-    assert await a.recv() == await b.recv() == "through the ring"
+    await everyone_gets(clients, "through the ring")
     # something closes every descriptor it does not know, the ring's too
     rings = []
     for fd in os.listdir("/proc/self/fd"):
@@ -293,15 +300,15 @@ async def close_the_ring(connections, a, b):
     os.close(rings[0])
     before = speedups.batched_sends()[1]
     shardws.broadcast(connections, "one by one")
-    assert await a.recv() == await b.recv() == "one by one"
-    await connections[0].send("and the end of the iteration")
-    await connections[1].send("too")
-    assert await a.recv() == "and the end of the iteration"
-    assert await b.recv() == "too"
+    await everyone_gets(clients, "one by one")
+    assert speedups.batched_sends() == (False, before)
+    for connection in connections:  # the end of the iteration's writes
+        await connection.send("and the end of the iteration")
+    await everyone_gets(clients, "and the end of the iteration")
     assert speedups.batched_sends() == (False, before)
 
 if RING:
-    asyncio.run(with_two_clients(close_the_ring))
+    asyncio.run(with_clients(300, close_the_ring))
     print("ok")
 else:
     print("no ring")
